@@ -1,0 +1,111 @@
+"""Shared machinery of kvid layers: serialization registration and in-layer fake quantization.
+
+TFMOT's QuantizeConfig reaches only a layer's weights, activations and outputs. A kvid layer that
+multiplies two activations, takes a softmax or adds two branches inside `call` requantizes there in
+the int8 TFLite graph, so in QAT mode (`quantized=True`) it inserts its own fake-quant nodes at
+exactly those points, with range variables of its own.
+"""
+
+from __future__ import annotations
+
+from kvid.backend import keras, tf
+
+# EMA decay of the activation ranges during QAT; the first training batch sets them directly so
+# short fine-tuning runs do not start from an arbitrary range.
+RANGE_EMA_DECAY = 0.99
+# TFLite's int8 SOFTMAX output is fixed at scale 1/256, zero point -128: [0, 255/256].
+SOFTMAX_RANGE = (0.0, 255.0 / 256.0)
+
+
+def register(cls):
+    """Registers a kvid layer once, under the `kvid` package name."""
+    return keras.utils.register_keras_serializable(package="kvid")(cls)
+
+
+def build_sublayer(layer: keras.layers.Layer, input_shape) -> None:
+    """Builds a sub-layer under its own name scope, so its weights are `parent/sub/kernel`."""
+    with tf.name_scope(layer.name):
+        layer.build(input_shape)
+
+
+def create_range_variables(layer: keras.layers.Layer, name: str) -> dict[str, tf.Variable]:
+    """Creates the min/max (and initialised flag) variables of one quantization point."""
+    kwargs = dict(shape=(), trainable=False, initializer="zeros")
+    return {
+        "min": layer.add_weight(name=f"{name}_min", **kwargs),
+        "max": layer.add_weight(name=f"{name}_max", **kwargs),
+        "initialized": layer.add_weight(name=f"{name}_initialized", **kwargs),
+    }
+
+
+def fake_quant_with_range(x, variables: dict[str, tf.Variable], training) -> tf.Tensor:
+    """Fake-quantizes `x` to 8 bits with an EMA-tracked range (updated only when training).
+
+    The range always contains 0 (int8 zero points must be exact).
+    """
+    if training:
+        batch_min = tf.minimum(tf.reduce_min(x), 0.0)
+        batch_max = tf.maximum(tf.reduce_max(x), 0.0)
+        init = variables["initialized"]
+        decay = RANGE_EMA_DECAY * init  # 0 on the first batch: take the batch range as is
+        new_min = decay * variables["min"] + (1.0 - decay) * batch_min
+        new_max = decay * variables["max"] + (1.0 - decay) * batch_max
+        updates = [
+            variables["min"].assign(new_min),
+            variables["max"].assign(new_max),
+            init.assign(1.0),
+        ]
+        with tf.control_dependencies(updates):
+            return tf.quantization.fake_quant_with_min_max_vars(x, new_min, new_max, num_bits=8)
+    return tf.quantization.fake_quant_with_min_max_vars(
+        x, variables["min"], variables["max"], num_bits=8
+    )
+
+
+def fake_quant_softmax(x) -> tf.Tensor:
+    """Fake-quantizes a softmax output to the fixed int8 SOFTMAX output grid of TFLite."""
+    return tf.quantization.fake_quant_with_min_max_args(
+        x, min=SOFTMAX_RANGE[0], max=SOFTMAX_RANGE[1], num_bits=8
+    )
+
+
+class QuantizableLayer(keras.layers.Layer):
+    """Base of kvid layers with internal requantization points.
+
+    Args:
+      quantized: QAT mode. Inserts fake-quant nodes at the layer's internal requantization points
+        and freezes its batch-norm statistics. Set by `kvid.quantization.quantize_model`.
+    """
+
+    # Names of the internal requantization points; subclasses override.
+    quant_points: tuple[str, ...] = ()
+
+    def __init__(self, quantized: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.quantized = quantized
+        self._ranges: dict[str, dict[str, tf.Variable]] = {}
+
+    def build_quant_points(self, names=None) -> None:
+        """Creates range variables for the internal points (QAT mode only)."""
+        if not self.quantized:
+            return
+        for name in names if names is not None else self.quant_points:
+            self._ranges[name] = create_range_variables(self, f"fq_{name}")
+
+    def fq(self, name: str, x, training) -> tf.Tensor:
+        """Fake-quantizes `x` at internal point `name` in QAT mode; identity otherwise."""
+        if not self.quantized:
+            return x
+        return fake_quant_with_range(x, self._ranges[name], bool(training))
+
+    def fq_softmax(self, x) -> tf.Tensor:
+        return fake_quant_softmax(x) if self.quantized else x
+
+    def bn_training(self, training):
+        """Batch norm follows `training` in float mode and is frozen in QAT mode."""
+        return False if self.quantized else training
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["quantized"] = self.quantized
+        return config
