@@ -7,7 +7,6 @@ channel axis head-major (head j owns channels [j*C/h, (j+1)*C/h)), with scale (C
 
 from __future__ import annotations
 
-
 from kvid.backend import keras, tf
 from kvid.layers.base import QuantizableLayer, build_sublayer, register
 from kvid.layers.dynamic_relu import hard_sigmoid
@@ -74,7 +73,6 @@ class Mobile2Former(QuantizableLayer):
         "query",
         "scores",
         "attended",
-        "frame_scores",
         "frame_attended",
         "alpha",
         "gated",
@@ -150,7 +148,7 @@ class Mobile2Former(QuantizableLayer):
         attn = self.fq_softmax(tf.nn.softmax(scores, axis=-1))  # within each frame
         attn = tf.transpose(attn, (0, 1, 3, 2, 4))  # (B, h, T, M, S)
         per_frame = self.fq("attended", tf.matmul(attn, keys), training)  # (B, h, T, M, d)
-        frame_scores = self.fq("frame_scores", tf.reduce_max(scores, axis=-1), training)
+        frame_scores = tf.reduce_max(scores, axis=-1)  # REDUCE_MAX keeps the scores' int8 scale
         frame_attn = self.fq_softmax(tf.nn.softmax(frame_scores, axis=-1))  # (B, h, M, T)
         frame_attn = tf.reshape(frame_attn, (-1, heads, tokens, 1, frames))
         per_frame = tf.transpose(per_frame, (0, 1, 3, 2, 4))  # (B, h, M, T, d)
@@ -230,7 +228,9 @@ class Former2Mobile(QuantizableLayer):
     def call(self, inputs, training=None):
         x, tokens = inputs
         _, frames, height, width, channels = x.shape
-        queries = split_heads(tf.reshape(x, (-1, frames * height * width, channels)), self.num_heads)
+        queries = split_heads(
+            tf.reshape(x, (-1, frames * height * width, channels)), self.num_heads
+        )
         keys = split_heads(self.fq("keys", self.k(tokens), training), self.num_heads)
         values = split_heads(self.fq("values", self.proj(tokens), training), self.num_heads)
         scores = tf.matmul(queries, keys, transpose_b=True) * self.scale  # (B, h, N, M)
@@ -267,7 +267,16 @@ class Former(QuantizableLayer):
       TensorShape([1, 6, 32])
     """
 
-    quant_points = ("query", "scores", "attended", "projected", "residual", "hidden", "ffn", "ffn_residual")
+    quant_points = (
+        "query",
+        "scores",
+        "attended",
+        "projected",
+        "residual",
+        "hidden",
+        "ffn",
+        "ffn_residual",
+    )
 
     def __init__(self, num_heads: int = 4, ffn_expansion: int = 2, epsilon: float = 1e-5, **kwargs):
         super().__init__(**kwargs)

@@ -33,7 +33,9 @@ class DynamicReLU(QuantizableLayer):
       TensorShape([1, 2, 4, 4, 8])
     """
 
-    quant_points = ("slopes", "branch1", "branch2")
+    # MAXIMUM keeps one int8 scale for both branches and its output, so the branches take the
+    # output's range (the layer's output fake-quant), not ranges of their own.
+    quant_points = ("slopes",)
 
     def __init__(self, token_index: int = 0, reduction: int = 4, scale: float = 2.0, **kwargs):
         super().__init__(**kwargs)
@@ -62,9 +64,7 @@ class DynamicReLU(QuantizableLayer):
         a2 = (theta[:, channels:] - 0.5) * self.scale
         a1 = tf.reshape(a1, (-1, 1, 1, 1, channels))
         a2 = tf.reshape(a2, (-1, 1, 1, 1, channels))
-        return tf.maximum(
-            self.fq("branch1", x * a1, training), self.fq("branch2", x * a2, training)
-        )
+        return tf.maximum(x * a1, x * a2)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

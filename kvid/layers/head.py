@@ -79,7 +79,9 @@ class DenseBN(QuantizableLayer):
         self.bn_epsilon = bn_epsilon
         self.bn_momentum = bn_momentum
         self.dense = keras.layers.Dense(units, name="dense")
-        self.bn = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum, name="bn")
+        self.bn = keras.layers.BatchNormalization(
+            epsilon=bn_epsilon, momentum=bn_momentum, name="bn"
+        )
 
     def build(self, input_shape):
         build_sublayer(self.dense, input_shape)

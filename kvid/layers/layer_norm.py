@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvid.backend import keras, tf
+from kvid.backend import tf
 from kvid.layers.base import QuantizableLayer, register
 
 
@@ -27,7 +27,9 @@ class LayerNorm(QuantizableLayer):
       TensorShape([2, 6, 192])
     """
 
-    quant_points = ("centered", "variance", "normalized")
+    # No point after the normalization: the converter folds `* gamma + beta` into the next
+    # requantization, and a range of its own there breaks its same-scale constraints.
+    quant_points = ("centered", "variance")
 
     def __init__(self, epsilon: float = 1e-5, center: bool = True, scale: bool = True, **kwargs):
         super().__init__(**kwargs)
@@ -57,7 +59,7 @@ class LayerNorm(QuantizableLayer):
         variance = self.fq("variance", variance, training)
         outputs = centered * tf.math.rsqrt(variance + self.epsilon)
         if self.gamma is not None:
-            outputs = self.fq("normalized", outputs, training) * self.gamma
+            outputs = outputs * self.gamma
         if self.beta is not None:
             outputs = outputs + self.beta
         return outputs

@@ -1,8 +1,8 @@
 """Model families and the one lookup for their presets.
 
-    model = kvid.models.create("vmf_tiny", num_classes=12)           # classifier
-    backbone = kvid.models.create("vmf_tiny", num_classes=None)      # pooled features
-    kvid.models.list_presets()
+model = kvid.models.create("vmf_tiny", num_classes=12)           # classifier
+backbone = kvid.models.create("vmf_tiny", num_classes=None)      # pooled features
+kvid.models.list_presets()
 """
 
 from __future__ import annotations

@@ -224,9 +224,12 @@ def _prod(values) -> int:
 
 
 def _conv_alone(x, block: Block, cfg: dict, name: str, identity: bool):
-    """dw 3x3 (+temporal) -> BN -> ReLU6 -> [shuffle] -> grouped pw -> BN (no bridge)."""
+    """dw 3x3 (+temporal) -> BN -> ReLU6 -> [shuffle] -> grouped pw -> BN (no bridge).
+
+    The reference builds this depthwise conv 3x3 whatever its `kernel_size`.
+    """
     y = Conv2Plus1D(
-        (block.temporal_kernel, cfg["kernel_size"], cfg["kernel_size"]),
+        (block.temporal_kernel, 3, 3),
         (block.temporal_stride, block.stride, block.stride),
         depth_multiplier=block.expand1,
         activation="relu6",

@@ -51,6 +51,10 @@ def reference_config(kwargs: dict, image_size: int | None, input_mean, input_std
     k1, k2 = ref["kernel_size"]
     if k1 != k2:
         raise _unsupported("kernel_size", ref["kernel_size"], "equal sizes")
+    if not 0 <= ref["hyper_token_id"] < ref["token_num"]:  # -1: slopes from attention maps
+        raise _unsupported("hyper_token_id", ref["hyper_token_id"], f"0..{ref['token_num'] - 1}")
+    if ref.get("in_chans", 3) != 3:
+        raise _unsupported("in_chans", ref["in_chans"], "3 (RGB video)")
     if ref["cls_token_num"] < 1:
         raise _unsupported("cls_token_num", ref["cls_token_num"], ">= 1")
     width = ref["width_mult"]
@@ -136,7 +140,9 @@ def load_weights(model, cfg: dict, sd: StateDict) -> None:
             _load_conv(layer(f"{name}_conv2"), sd, f"{prefix}.conv.4", f"{prefix}.conv.5", 0)
         elif block.kind == "dna3":
             _load_bridge(model, sd, name, prefix)
-            _load_conv(layer(f"{name}_conv1"), sd, f"{prefix}.conv1.0", f"{prefix}.conv1.1", channels)
+            _load_conv(
+                layer(f"{name}_conv1"), sd, f"{prefix}.conv1.0", f"{prefix}.conv1.1", channels
+            )
             _load_hyper(model, sd, f"{name}_act1", f"{prefix}.hyper1")
             _load_conv(layer(f"{name}_conv2"), sd, f"{prefix}.conv2.0", f"{prefix}.conv2.1", 0)
             _load_conv(

@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (
+    QuantizeLayer,
+)
 
 from kvid.backend import keras, tf
 from kvid.layers.base import QuantizableLayer, create_range_variables, fake_quant_with_range
@@ -70,6 +72,32 @@ class InputQuantizer(_quantize_keras.quantizers.Quantizer):
 
     def __eq__(self, other):
         return isinstance(other, InputQuantizer)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+
+@keras.utils.register_keras_serializable(package="kvid")
+class FixedRangeQuantizer(_quantize_keras.quantizers.Quantizer):
+    """8-bit quantizer on a fixed range (the model input: video in [0, 1])."""
+
+    def __init__(self, low: float = 0.0, high: float = 1.0):
+        self.low = low
+        self.high = high
+
+    def build(self, tensor_shape, name, layer):
+        return {}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        return tf.quantization.fake_quant_with_min_max_args(
+            inputs, min=self.low, max=self.high, num_bits=8
+        )
+
+    def get_config(self):
+        return {"low": self.low, "high": self.high}
+
+    def __eq__(self, other):
+        return isinstance(other, FixedRangeQuantizer) and self.get_config() == other.get_config()
 
     def __ne__(self, other):
         return not self.__eq__(other)
@@ -138,9 +166,12 @@ def _quantized_copy(model: keras.Model) -> keras.Model:
     """Rebuilds `model` with every kvid layer in QAT mode and copies its weights by name."""
     config = model.get_config()
     for layer_config in config["layers"]:
-        cls = keras.utils.get_registered_object(layer_config["class_name"])
+        registered = layer_config.get("registered_name") or layer_config["class_name"]
+        cls = keras.utils.get_registered_object(registered)
         if cls is not None and issubclass(cls, QuantizableLayer):
             layer_config["config"]["quantized"] = True
+    if not any(c["config"].get("quantized") for c in config["layers"]):
+        raise ValueError(f"quantize_model: {model.name!r} has no kvid layer to quantize.")
     copy = keras.Model.from_config(config, custom_objects=custom_objects())
     for source, target in zip(model.layers, copy.layers, strict=True):
         # Names differ in their uniquified prefix only: match on the path inside the layer.
@@ -165,10 +196,11 @@ def quantize_model(model: keras.Model) -> keras.Model:
       model: a functional kvid model (from `kvid.models.create` or `from_reference`).
 
     Returns:
-      An uncompiled QAT model with the same inputs and outputs. Convert it with full-integer
-      quantization (it still needs a representative dataset for the few unobserved ranges).
+      An uncompiled QAT model with the same inputs and outputs. Its activation ranges are set by
+      its first training batch (or `calibrate`). Convert it with full-integer quantization (it
+      still needs a representative dataset for the input's range).
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "_is_graph_network"):
+    if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
         raise TypeError(f"quantize_model needs a functional Keras model, got {type(model)}.")
     nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
     if nested:
@@ -184,6 +216,17 @@ def quantize_model(model: keras.Model) -> keras.Model:
     with quantize_scope():
         qat_model = _quantize_keras.quantize_apply(annotated)
     _unquantize_input(qat_model)
+    return qat_model
+
+
+def calibrate(qat_model: keras.Model, batches) -> keras.Model:
+    """Sets every activation range of a fresh QAT model from a few batches of clips.
+
+    The ranges of a QAT model are set by its first training batch; a QAT model that is converted
+    without training needs this first (batch norm is frozen in QAT mode, so only the ranges move).
+    """
+    for batch in batches:
+        qat_model(batch, training=True)
     return qat_model
 
 

@@ -1,0 +1,199 @@
+"""Video Mobile-Former: golden parity with the reference code, presets, costs and errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+import kvid
+from kvid.backend import keras, tf
+from kvid.models import mobile_former
+from tests.conftest import REPO_ROOT
+
+IMAGE_PRESETS = {  # reference params / matrix-op MACs (DESIGN.md section 6, fvcore on the code)
+    "mobile_former_508m": (13.98e6, 498.5e6),
+    "mobile_former_294m": (11.42e6, 286.7e6),
+    "mobile_former_151m": (7.60e6, 146.2e6),
+    "mobile_former_52m": (3.47e6, 49.3e6),
+    "mobile_former_26m": (3.23e6, 23.6e6),
+}
+VIDEO_PRESETS = [p for p in mobile_former.PRESETS if p.startswith("vmf_")]
+
+
+def _tolerance(reference):
+    return 2e-5 * max(1.0, float(np.abs(reference).max()))
+
+
+def _load_golden(golden_dir, name):
+    arrays = np.load(golden_dir / f"{name}.npz")
+    meta = json.loads((golden_dir / f"{name}.json").read_text())
+    state_dict = {
+        k: arrays[k]
+        for k in arrays.files
+        if k not in ("input_uint8", "logits") and not k.startswith("feat__")
+    }
+    return arrays, meta, state_dict
+
+
+def test_golden_parity_logits_and_intermediates(golden_dir):
+    arrays, meta, state_dict = _load_golden(golden_dir, "mobile_former")
+    reference = {"family": meta["family"], "constructor": meta["constructor"]}
+    model = kvid.models.from_reference(reference, state_dict)
+    assert kvid.profile.count_params(model) == meta["parameter_count"]
+    x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
+    endpoints = model.kvid_endpoints
+    first = meta["first_bridge_block_index"]
+    taps = {
+        "stem": endpoints["stem"],
+        "first_bridge_l2g_tokens": f"block{first}_m2f",
+        "first_bridge_block_out": endpoints[f"block{first}"],
+        "first_bridge_block_tokens": endpoints[f"block{first}_tokens"],
+        "features_out": endpoints["features"],
+        "final_tokens": endpoints["tokens"],
+    }
+    outputs = [model.get_layer(name).output for name in taps.values()] + [model.output]
+    results = keras.Model(model.input, outputs)(x, training=False)
+    for (feature, _), value in zip(taps.items(), results[:-1], strict=False):
+        expected = arrays[f"feat__{feature}"]
+        value = value.numpy().reshape(expected.shape)  # (B, 1, H, W, C) -> (B, H, W, C)
+        assert np.abs(value - expected).max() <= _tolerance(expected), feature
+    logits = results[-1].numpy()
+    assert np.abs(logits - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+
+
+def test_golden_parity_fails_on_a_porting_mistake(golden_dir):
+    """The parity check can fail: swapping the two DyReLU slope halves breaks it."""
+    arrays, meta, state_dict = _load_golden(golden_dir, "mobile_former")
+    key = "features.1.hyper1.hyper.2.weight"
+    half = state_dict[key].shape[0] // 2
+    state_dict[key] = np.concatenate([state_dict[key][half:], state_dict[key][:half]])
+    model = kvid.models.from_reference(
+        {"family": meta["family"], "constructor": meta["constructor"]}, state_dict
+    )
+    x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
+    assert np.abs(model(x).numpy() - arrays["logits"]).max() > _tolerance(arrays["logits"])
+
+
+def test_from_reference_rejects_unused_or_missing_weights(golden_dir):
+    _, meta, state_dict = _load_golden(golden_dir, "mobile_former")
+    reference = {"family": meta["family"], "constructor": meta["constructor"]}
+    with pytest.raises(ValueError, match="not loaded"):
+        kvid.models.from_reference(reference, dict(state_dict, extra=np.zeros(3)))
+    del state_dict["classifier.fc.0.bias"]
+    with pytest.raises(KeyError, match="classifier.fc.0.bias"):
+        kvid.models.from_reference(reference, state_dict)
+
+
+def test_from_reference_rejects_unsupported_options(golden_dir):
+    _, meta, state_dict = _load_golden(golden_dir, "mobile_former")
+    constructor = dict(meta["constructor"], kwargs=dict(meta["constructor"]["kwargs"]))
+    constructor["kwargs"]["gbr_type"] = "mlp"
+    with pytest.raises(ValueError, match="gbr_type"):
+        kvid.models.from_reference({"family": "mobile_former", "constructor": constructor}, {})
+    with pytest.raises(ValueError, match="unsupported family"):
+        kvid.models.from_reference({"family": "nope", "constructor": constructor}, state_dict)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_PRESETS))
+def test_image_presets_match_reference_params_and_macs(name):
+    ref_params, ref_macs = IMAGE_PRESETS[name]
+    report = kvid.profile.profile(kvid.models.create(name, num_classes=1000))
+    assert abs(report.params / ref_params - 1) < 0.01, report.params
+    assert abs(report.macs / ref_macs - 1) < 0.01, report.macs
+
+
+@pytest.mark.parametrize("name", kvid.models.list_presets("mobile_former"))
+def test_every_preset_builds_and_runs_at_a_small_input(name):
+    overrides = dict(image_size=64)
+    if name.startswith("vmf_"):
+        overrides["num_frames"] = 4
+    model = kvid.models.create(name, num_classes=5, **overrides)
+    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
+    logits = model(x, training=False).numpy()
+    assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
+    backbone = kvid.models.create(name, num_classes=None, **overrides)
+    assert backbone.output_shape[0] is None and len(backbone.output_shape) == 2
+
+
+def test_vmf_tiny_classifier_is_one_flat_graph():
+    model = kvid.models.create("vmf_tiny", num_classes=10)
+    assert model.input_shape == (None, 8, 64, 64, 3)
+    assert model.output_shape == (None, 10)
+    assert not [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    lambdas = [layer.name for layer in model.layers if "Lambda" in type(layer).__name__]
+    assert not lambdas, lambdas  # no bare tf.* op between layers (tfmot rejects TFOpLambda)
+    graph = (
+        tf.function(lambda v: model(v, training=False))
+        .get_concrete_function(tf.TensorSpec((1, 8, 64, 64, 3)))
+        .graph
+    )
+    op_types = {op.type for op in graph.get_operations()}
+    assert "Conv2D" in op_types and not any(t.startswith("Conv3D") for t in op_types)
+
+
+def test_video_presets_use_the_factorized_bridge_and_span_the_regime():
+    for name in VIDEO_PRESETS:
+        assert kvid.models.get_preset(name)["bridge_formulation"] == "factorized", name
+    for name in IMAGE_PRESETS:
+        assert kvid.models.get_preset(name)["bridge_formulation"] == "full", name
+
+
+def test_model_json_roundtrip_reproduces_outputs():
+    model = kvid.models.create("vmf_tiny", num_classes=4, num_frames=4)
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    x = np.random.default_rng(1).random((1, 4, 64, 64, 3), dtype=np.float32)
+    np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_create_errors_name_the_problem():
+    with pytest.raises(ValueError, match="Unknown preset 'vmf_huge'.*vmf_tiny"):
+        kvid.models.create("vmf_huge", num_classes=3)
+    with pytest.raises(ValueError, match=r"Unknown override\(s\) \['widht'\].*valid fields"):
+        kvid.models.create("vmf_tiny", num_classes=3, widht=2)
+    with pytest.raises(ValueError, match="image_size 60 is not divisible"):
+        kvid.models.create("vmf_tiny", num_classes=3, image_size=60)
+    with pytest.raises(ValueError, match="num_frames 3 is not divisible"):
+        kvid.models.create("vmf_tiny", num_classes=3, num_frames=3)
+    with pytest.raises(ValueError, match="num_classes"):
+        kvid.models.create("vmf_tiny", num_classes=0)
+
+
+def test_list_presets():
+    presets = kvid.models.list_presets()
+    assert {"vmf_tiny", "vmf_xs", "mobile_former_26m", "mobile_former_508m"} <= set(presets)
+    assert presets == sorted(presets)
+    with pytest.raises(ValueError, match="Unknown family"):
+        kvid.models.list_presets("nope")
+
+
+VARIANTS = sorted(p.stem for p in (REPO_ROOT / "tests" / "golden").glob("mobile_former_*.json"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_from_reference_builds_other_reference_configurations(variant):
+    """Other widths, repeats, groups, token sizes, heads, flags and batch 2, each checked
+    against logits of the reference PyTorch code (tests/golden/, made with its constructor)."""
+    golden = REPO_ROOT / "tests" / "golden"
+    arrays, meta, state_dict = _load_golden(golden, variant)
+    model = kvid.models.from_reference(
+        {"family": meta["family"], "constructor": meta["constructor"]},
+        state_dict,
+        image_size=arrays["input_uint8"].shape[1],
+    )
+    x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
+    logits = model(x, training=False).numpy()
+    assert logits.shape == arrays["logits"].shape
+    assert np.abs(logits - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+
+
+def test_variant_goldens_are_present():
+    assert len(VARIANTS) >= 4, VARIANTS
+
+
+def test_from_reference_rejects_attention_driven_slopes(golden_dir):
+    _, meta, state_dict = _load_golden(golden_dir, "mobile_former")
+    constructor = dict(meta["constructor"], kwargs=dict(meta["constructor"]["kwargs"]))
+    constructor["kwargs"]["hyper_token_id"] = -1
+    with pytest.raises(ValueError, match="hyper_token_id"):
+        kvid.models.from_reference({"family": "mobile_former", "constructor": constructor}, {})

@@ -1,0 +1,150 @@
+"""QAT entry point and int8 conversion of kvid models."""
+
+import numpy as np
+import pytest
+
+import kvid
+from kvid.backend import keras, tf
+from kvid_tflite.audit import audit_model, check_int8
+from kvid_tflite.litert import TFLiteModel
+
+
+def smooth_clips(shape, count, seed=0):
+    """Low-frequency random clips in [0, 1]: feature maps with structure, unlike white noise."""
+    rng = np.random.default_rng(seed)
+    frames, height, width, _ = shape
+    clips = []
+    for _ in range(count):
+        small = rng.random((frames, 4, 4, 3)).astype(np.float32)
+        clips.append(tf.image.resize(small, (height, width)).numpy()[None].clip(0, 1))
+    return clips
+
+
+def convert_int8(model, calibration):
+    shape = model.input_shape[1:]
+    function = tf.function(lambda v: model(v, training=False)).get_concrete_function(
+        tf.TensorSpec((1, *shape), tf.float32)
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([clip] for clip in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def cosine(a, b):
+    a, b = a.ravel(), b.ravel()
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def int8_vs_keras_cosines(tflite_bytes, model, clips):
+    runner = TFLiteModel(tflite_bytes)
+    return [cosine(runner(clip), model(clip, training=False).numpy()) for clip in clips]
+
+
+def _small(name):
+    overrides = dict(image_size=64)
+    if name.startswith("vmf_"):
+        overrides["num_frames"] = 4
+    return overrides
+
+
+@pytest.mark.parametrize("name", kvid.models.list_presets())
+def test_qat_entry_point_on_every_preset(name):
+    model = kvid.models.create(name, num_classes=4, **_small(name))
+    qat = kvid.quantization.quantize_model(model)
+    assert qat.input_shape == model.input_shape and qat.output_shape == model.output_shape
+    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
+    qat.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(True))
+    history = qat.fit(x, np.array([0, 1]), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert np.all(np.isfinite(qat(x, training=False).numpy()))
+
+
+def test_quantize_model_copies_weights_and_adds_internal_fake_quant():
+    model = kvid.models.create("vmf_tiny", num_classes=4, num_frames=4)
+    qat = kvid.quantization.quantize_model(model)
+    wrapped = qat.get_layer("quant_block1_m2f").layer
+    assert wrapped.quantized and wrapped._ranges  # in-layer requantization points
+    np.testing.assert_array_equal(
+        wrapped.q.get_weights()[0], model.get_layer("block1_m2f").q.get_weights()[0]
+    )
+    clips = smooth_clips(model.input_shape[1:], 4)
+    kvid.quantization.calibrate(qat, clips)
+    x = clips[0]
+    # fake quantization only rounds: the QAT model still computes the float model's function
+    assert cosine(qat(x, training=False).numpy(), model(x, training=False).numpy()) > 0.98
+    graph = (
+        tf.function(lambda v: qat(v, training=False))
+        .get_concrete_function(tf.TensorSpec((1, 4, 64, 64, 3)))
+        .graph
+    )
+    fake_quants = [op for op in graph.get_operations() if op.type.startswith("FakeQuant")]
+    assert len(fake_quants) > 150
+
+
+def test_quantize_model_rejects_non_functional_models():
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="functional"):
+        kvid.quantization.quantize_model(Sub())
+
+
+@pytest.mark.parametrize("source", ["ptq", "qat"])
+def test_vmf_tiny_int8_has_int8_io_zero_float_ops_and_tracks_float(source):
+    model = kvid.models.create("vmf_tiny", num_classes=10)
+    calibration = smooth_clips(model.input_shape[1:], 16, seed=1)
+    if source == "qat":
+        model = kvid.quantization.calibrate(kvid.quantization.quantize_model(model), calibration)
+    tflite_bytes = convert_int8(model, calibration)
+    audit = audit_model(tflite_bytes)
+    check_int8(audit)  # raises naming the first float op or non-int8 I/O
+    assert audit["float_ops"] == []
+    cosines = int8_vs_keras_cosines(tflite_bytes, model, smooth_clips(model.input_shape[1:], 8, 2))
+    assert np.mean(cosines) >= 0.99, cosines
+
+
+def test_smallest_video_preset_int8_has_zero_float_ops_and_tracks_float():
+    model = kvid.models.create("vmf_xs", num_classes=10)
+    calibration = smooth_clips(model.input_shape[1:], 8, seed=1)
+    tflite_bytes = convert_int8(model, calibration)
+    check_int8(audit_model(tflite_bytes))
+    cosines = int8_vs_keras_cosines(tflite_bytes, model, smooth_clips(model.input_shape[1:], 4, 2))
+    assert np.mean(cosines) >= 0.99, cosines
+
+
+def test_full_bridge_breaks_in_int8_where_the_factorized_one_holds():
+    """The int8 softmax trap, measured: the reference bridge over 8x32x32 positions vs ours."""
+    results = {}
+    for formulation in ("full", "factorized"):
+        model = kvid.models.create("vmf_tiny", num_classes=10, bridge_formulation=formulation)
+        calibration = smooth_clips(model.input_shape[1:], 12, seed=1)
+        tflite_bytes = convert_int8(model, calibration)
+        clips = smooth_clips(model.input_shape[1:], 6, seed=2)
+        results[formulation] = np.mean(int8_vs_keras_cosines(tflite_bytes, model, clips))
+    assert results["factorized"] >= 0.99 > results["full"], results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", [p for p in kvid.models.list_presets() if p not in ("vmf_tiny", "vmf_xs")]
+)
+def test_every_preset_int8_has_zero_float_ops(name):
+    model = kvid.models.create(name, num_classes=10)
+    calibration = (
+        smooth_clips(model.input_shape[1:], 4, seed=1)
+        if name.startswith("vmf")
+        else [
+            np.random.default_rng(1).random((1, *model.input_shape[1:]), dtype=np.float32)
+            for _ in range(4)
+        ]
+    )
+    tflite_bytes = convert_int8(model, calibration)
+    check_int8(audit_model(tflite_bytes))
+    if name.startswith("vmf_"):
+        clips = smooth_clips(model.input_shape[1:], 2, seed=2)
+        assert np.mean(int8_vs_keras_cosines(tflite_bytes, model, clips)) >= 0.99
