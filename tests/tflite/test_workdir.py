@@ -1,0 +1,49 @@
+"""Workdir parsing: clear errors that name the workdir and the file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from kvid_tflite.workdir import WorkdirError, load_workdir, read_labels, resolve_order_pairs
+
+
+def test_load_workdir_resolves_fields(tmp_path, helpers):
+    workdir = load_workdir(helpers.write_workdir(str(tmp_path)))
+    assert workdir.input_shape == helpers.CLIP_SHAPE and workdir.num_frames == 4
+    assert workdir.labels == tuple(helpers.LABELS) and workdir.order_pairs == ((0, 1), (2, 3))
+    assert workdir.data_dir == os.path.join(str(tmp_path), "data")  # relative to the workdir
+    assert workdir.float_saved_model == os.path.join(str(tmp_path), "export", "float")
+    assert not workdir.has_float and not workdir.has_qat
+    with pytest.raises(WorkdirError, match=f"workdir {tmp_path}: no float SavedModel"):
+        workdir.require_float()
+
+
+def test_load_workdir_errors(tmp_path):
+    with pytest.raises(WorkdirError, match="does not exist"):
+        load_workdir(str(tmp_path / "nope"))
+    with pytest.raises(WorkdirError, match=f"workdir {tmp_path}: missing model.json"):
+        load_workdir(str(tmp_path))
+    (tmp_path / "model.json").write_text(json.dumps({"num_classes": 2, "labels": ["a", "b"]}))
+    with pytest.raises(WorkdirError, match="model.json lacks input_shape"):
+        load_workdir(str(tmp_path))
+    (tmp_path / "model.json").write_text(
+        json.dumps({"num_classes": 3, "labels": ["a", "b"], "input_shape": [4, 8, 8, 3]})
+    )
+    with pytest.raises(WorkdirError, match="2 labels but num_classes=3"):
+        load_workdir(str(tmp_path))
+
+
+def test_read_labels_text_and_json(tmp_path):
+    (tmp_path / "labels.txt").write_text("zoom_in\nzoom_out\n\n")
+    (tmp_path / "labels.json").write_text(json.dumps({"classes": ["a", "b"]}))
+    assert read_labels(str(tmp_path / "labels.txt")) == ["zoom_in", "zoom_out"]
+    assert read_labels(str(tmp_path / "labels.json")) == ["a", "b"]
+
+
+def test_order_pairs_accept_class_names(helpers):
+    assert resolve_order_pairs([["class_1", "class_0"], [2, 3]], helpers.LABELS) == ((1, 0), (2, 3))
+    with pytest.raises(WorkdirError, match="'walk' is not a class"):
+        resolve_order_pairs([["class_1", "walk"]], helpers.LABELS)

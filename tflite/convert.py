@@ -1,0 +1,576 @@
+"""`kvid-convert`: SavedModel -> `.tflite` (int8, float16 or dynamic range), audited and reported.
+
+  kvid-convert --workdir=/tmp/run --int8            # QAT export if present, else PTQ
+  kvid-convert --workdir=/tmp/run --int8 --ptq      # PTQ even when export/qat exists
+  kvid-convert --saved_model=DIR --data_dir=DATA --labels=labels.txt --float16
+
+Writes, next to the `.tflite` (default `WORKDIR/export/model_{mode}.tflite`, `model_int8_ptq`
+with `--ptq`): `<name>.json` (sidecar: labels, input shape, input quantization, normalisation,
+source, mode) and `<name>.report.json` (op audit, per-layer errors, fidelity, latency).
+
+`--int8` exits 1 with one line naming the first float op when the graph is not fully int8 with
+int8 I/O (DESIGN.md section 3). The files are still written so that the audit can be read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+from kvid_tflite import audit as audit_lib
+from kvid_tflite import layer_errors as layer_errors_lib
+from kvid_tflite.litert import TFLiteModel
+from kvid_tflite.metrics import compare_logits
+from kvid_tflite.saved_model import ServingModel, load_serving_model
+from kvid_tflite.workdir import Workdir, WorkdirError, load_workdir, read_labels
+
+MODES = ("int8", "float16", "dynamic_range")
+# "float32" is internal: the unquantized reference `.tflite` of the per-layer report.
+_ALL_MODES = (*MODES, "float32")
+LATENCY_THREADS = (1, 2)
+MIN_COSINE = 0.99  # DESIGN.md section 7 (c): int8 logits vs the float model's
+
+ClipSource = Callable[[], Iterable[np.ndarray]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Conversion
+# ------------------------------------------------------------------------------------------------
+def _as_clip(clip: np.ndarray, clip_shape: Sequence[int]) -> np.ndarray:
+    """A float32 `(1, T, H, W, 3)` clip from `(T, H, W, 3)` or `(1, T, H, W, 3)`."""
+    clip = np.asarray(clip, np.float32)
+    return clip.reshape((1, *clip_shape))
+
+
+def make_converter(
+    model: ServingModel,
+    mode: str,
+    representative: ClipSource | None = None,
+    float_io: bool = False,
+) -> Any:
+    """A fresh `TFLiteConverter` for `model` at static batch 1.
+
+    Args:
+      model: the loaded SavedModel.
+      mode: one of "int8", "float16", "dynamic_range", "float32".
+      representative: for "int8", a callable returning an iterable of clips (training split);
+        full-integer conversion needs one for a QAT model too (DESIGN.md section 2).
+      float_io: "int8" only: keep float32 I/O (QuantizationDebugger refuses integer I/O).
+
+    A converter is good for one `convert()`: converting a concrete function lowers it to a
+    temporary SavedModel, and a second `convert()` on the same object fails in TF 2.21.
+    """
+    import tensorflow as tf
+
+    if mode not in _ALL_MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {_ALL_MODES}")
+    function = model.static_batch_function(batch_size=1)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model.loaded)
+    if mode == "float32":
+        return converter
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "int8":
+        if representative is None:
+            raise ValueError("int8 conversion needs a representative dataset (calibration clips)")
+        clip_shape = model.clip_shape
+        converter.representative_dataset = lambda: (
+            [_as_clip(clip, clip_shape)] for clip in representative()
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if not float_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    # "dynamic_range": Optimize.DEFAULT without a dataset quantizes the weights only.
+    return converter
+
+
+def convert_saved_model(
+    model: ServingModel, mode: str, representative: ClipSource | None = None
+) -> bytes:
+    """Converts `model` to `.tflite` bytes (see `make_converter`)."""
+    return make_converter(model, mode, representative).convert()
+
+
+# ------------------------------------------------------------------------------------------------
+# Report pieces
+# ------------------------------------------------------------------------------------------------
+def sidecar(
+    tflite: TFLiteModel,
+    mode: str,
+    source: str,
+    saved_model: str,
+    labels: Sequence[str],
+    normalization: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What an app needs to feed the model and read its output."""
+    input_scale, input_zero_point = tflite.input_quantization
+    output_scale, output_zero_point = tflite.output_quantization
+    return {
+        "mode": mode,
+        "source": source,
+        "saved_model": os.path.abspath(saved_model),
+        "labels": list(labels),
+        "signature": tflite.signature_list(),
+        "input": {
+            "name": "video",
+            "shape": list(tflite.input_shape),
+            "dtype": tflite.input_dtype.name,
+            "range": [0.0, 1.0],
+            "layout": "(batch, frames, height, width, RGB)",
+            # int8 input: q = round(x / scale) + zero_point, x in [0, 1].
+            "scale": input_scale,
+            "zero_point": input_zero_point,
+        },
+        "output": {
+            "name": "logits",
+            "shape": list(tflite.output_shape),
+            "dtype": tflite.output_dtype.name,
+            "scale": output_scale,
+            "zero_point": output_zero_point,
+        },
+        # Already inside the model: feed [0, 1] RGB, do not normalise again.
+        "normalization": normalization,
+        "normalization_inside_model": True,
+    }
+
+
+def fidelity(
+    tflite: TFLiteModel, references: dict[str, ServingModel], clips: Sequence[np.ndarray]
+) -> dict[str, Any]:
+    """Logits cosine and top-1 agreement of the `.tflite` against each SavedModel reference."""
+    if not clips:
+        return {}
+    video = np.concatenate([_as_clip(c, tflite.input_shape[1:]) for c in clips], axis=0)
+    logits = tflite(video)
+    result: dict[str, Any] = {}
+    for name, reference in references.items():
+        result[name] = {
+            "saved_model": reference.path,
+            "num_clips": len(clips),
+            **compare_logits(logits, reference(video)),
+        }
+    return result
+
+
+def per_layer_errors(
+    model: ServingModel,
+    source: str,
+    tflite_bytes: bytes,
+    representative: ClipSource,
+    debug_clips: Sequence[np.ndarray],
+    max_rmse_steps: float,
+    max_relative_rmse: float,
+) -> dict[str, Any]:
+    """Per-layer error section: QuantizationDebugger for PTQ, tensor matching for QAT."""
+    clips = [_as_clip(clip, model.clip_shape) for clip in debug_clips]
+    budget = {"max_rmse_steps": max_rmse_steps, "max_relative_rmse": max_relative_rmse}
+    note = None
+    if source == "ptq":
+        try:
+            layers = layer_errors_lib.debugger_layer_errors(
+                make_converter(model, "int8", representative, float_io=True), clips
+            )
+            return layer_errors_lib.layer_error_report(
+                layers,
+                "quantization_debugger",
+                "float op on dequantized int8 inputs",
+                len(clips),
+                **budget,
+            )
+        except (ValueError, RuntimeError) as error:  # fall back rather than lose the report
+            note = f"QuantizationDebugger failed ({error}); fell back to tensor matching"
+    float_bytes = convert_saved_model(model, "float32")
+    layers = layer_errors_lib.tensor_match_layer_errors(tflite_bytes, float_bytes, clips)
+    reference = "float .tflite of the same SavedModel" + (
+        " (FakeQuant kept as float QUANTIZE/DEQUANTIZE)" if source == "qat" else ""
+    )
+    report = layer_errors_lib.layer_error_report(
+        layers, "tensor_match", reference, len(clips), **budget
+    )
+    if note:
+        report["note"] = note
+    return report
+
+
+def export_tflite(
+    model: ServingModel,
+    mode: str,
+    output: str,
+    source: str,
+    labels: Sequence[str],
+    representative: ClipSource | None,
+    test_clips: Sequence[np.ndarray],
+    references: dict[str, ServingModel],
+    normalization: dict[str, Any] | None = None,
+    num_debug_clips: int = 8,
+    num_threads: int | None = None,
+    max_rmse_steps: float = layer_errors_lib.DEFAULT_MAX_RMSE_STEPS,
+    max_relative_rmse: float = layer_errors_lib.DEFAULT_MAX_RELATIVE_RMSE,
+    measure_latency: bool = True,
+) -> dict[str, Any]:
+    """Converts, writes `.tflite` + sidecar + report, and returns the report.
+
+    Args:
+      model: the SavedModel to convert.
+      mode: "int8", "float16" or "dynamic_range".
+      output: the `.tflite` path; the sidecar and report go next to it.
+      source: "qat", "ptq" (int8) or "float"; recorded, and picks the per-layer method.
+      labels: class names, index = label.
+      representative: calibration clips from the training split (int8 only).
+      test_clips: clips from the test split for fidelity; the first `num_debug_clips` also feed
+        the per-layer report.
+      references: SavedModels to compare logits against, by name ("float", "qat").
+      normalization: informative (already inside the model).
+
+    The report's `audit.passed` is the int8 contract (None for other modes); callers decide
+    whether to fail on it (`check_int8`).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    num_outputs = model.signature.structured_outputs[model.output_key].shape[-1]
+    if num_outputs is not None and len(labels) != num_outputs:
+        raise ValueError(f"{len(labels)} labels for {model.path}, which has {num_outputs} outputs")
+    start = time.perf_counter()
+    tflite_bytes = convert_saved_model(model, mode, representative)
+    conversion_seconds = time.perf_counter() - start
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "wb") as f:
+        f.write(tflite_bytes)
+    stem = os.path.splitext(output)[0]
+    tflite = TFLiteModel(tflite_bytes, num_threads=num_threads)
+    side = sidecar(tflite, mode, source, model.path, labels, normalization)
+    with open(stem + ".json", "w", encoding="utf-8") as f:
+        json.dump(side, f, indent=1)
+
+    audit = audit_lib.audit_model(tflite_bytes)
+    problems = audit_lib.int8_problems(audit) if mode == "int8" else []
+    float_ops = [op for op in audit["ops"] if op["float"]]
+    audit_section = {
+        "num_ops": audit["num_ops"],
+        "counts": audit["counts"],
+        "ops": [
+            {"index": op["index"], "name": op["name"], "version": op["version"]}
+            for op in audit["ops"]
+        ],
+        "num_float_ops": len(float_ops),
+        "float_ops": [audit_lib.describe_op(op) for op in float_ops],
+        "int8_problems": problems,
+        "passed": (not problems) if mode == "int8" else None,
+    }
+
+    layers = None
+    if mode == "int8":
+        debug_clips = list(test_clips[:num_debug_clips])
+        if not debug_clips and representative is not None:
+            debug_clips = [c for _, c in zip(range(num_debug_clips), representative())]
+        layers = per_layer_errors(
+            model,
+            source,
+            tflite_bytes,
+            representative,
+            debug_clips,
+            max_rmse_steps,
+            max_relative_rmse,
+        )
+    latency = (
+        {str(n): TFLiteModel(tflite_bytes, num_threads=n).latency() for n in LATENCY_THREADS}
+        if measure_latency
+        else {}
+    )
+    report = {
+        "mode": mode,
+        "source": source,
+        "saved_model": os.path.abspath(model.path),
+        "tflite": os.path.abspath(output),
+        "sidecar": os.path.abspath(stem + ".json"),
+        "size_bytes": len(tflite_bytes),
+        "conversion_seconds": conversion_seconds,
+        "signature": tflite.signature_list(),
+        "input": side["input"],
+        "output": side["output"],
+        "audit": audit_section,
+        "layer_errors": layers,
+        "fidelity": fidelity(tflite, references, list(test_clips)),
+        "latency_ms": latency,
+    }
+    report["checks"] = contract_checks(report)
+    with open(stem + ".report.json", "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def contract_checks(report: dict[str, Any]) -> dict[str, bool]:
+    """The parts of DESIGN.md section 7 that conversion can check (int8 only). Only the first
+    makes kvid-convert fail; the others are measurements to read (kvid-eval checks accuracy)."""
+    if report["mode"] != "int8":
+        return {}
+    checks = {"int8_io_and_zero_float_ops": bool(report["audit"]["passed"])}
+    if report["layer_errors"] is not None:
+        checks["layers_within_budget"] = bool(report["layer_errors"]["passed"])
+    if "float" in report["fidelity"]:
+        checks[f"cosine_mean_vs_float>={MIN_COSINE}"] = (
+            report["fidelity"]["float"]["cosine_mean"] >= MIN_COSINE
+        )
+    return checks
+
+
+def summary(report: dict[str, Any]) -> str:
+    """A few human lines about a conversion report."""
+    audit = report["audit"]
+    lines = [
+        f"kvid-convert: {report['mode']} ({report['source']}) -> {report['tflite']} "
+        f"({report['size_bytes'] / 1024:.1f} KiB, "
+        f"converted in {report['conversion_seconds']:.1f} s)",
+        f"  I/O {report['input']['dtype']} -> {report['output']['dtype']}; "
+        f"{audit['num_ops']} ops: {audit_lib.format_counts(audit)}",
+        f"  float ops: {audit['num_float_ops']}"
+        + (
+            ""
+            if audit["passed"] is None
+            else f"; int8 audit {'PASSED' if audit['passed'] else 'FAILED'}"
+        ),
+    ]
+    layers = report["layer_errors"]
+    if layers:
+        worst = layers["top_offenders"][0] if layers["top_offenders"] else None
+        budget = layers["budget"]
+        line = (
+            f"  per-layer ({layers['method']}, {layers['num_clips']} clips, "
+            f"{layers['num_layers']} layers)"
+        )
+        if worst:
+            line += (
+                f": worst {worst['op']} {worst['rmse_steps']:.2f} steps, "
+                f"relative {worst['relative_rmse']:.3f}"
+            )
+        line += (
+            f"; {len(layers['over_budget'])} over budget "
+            f"(rmse <= {budget['max_rmse_steps']} steps, relative <= {budget['max_relative_rmse']})"
+        )
+        lines.append(line)
+        if layers["method"] == "tensor_match" and report["source"] == "qat":
+            lines.append(
+                f"  QAT: {len(layers.get('without_fake_quant', []))} of "
+                f"{layers.get('num_rounding_points', 0)} int8 rounding points have no FakeQuant "
+                "in the QAT model (ranges calibrated, rounding not trained against)"
+            )
+    for name, result in report["fidelity"].items():
+        lines.append(
+            f"  vs {name} SavedModel on {result['num_clips']} test clips: cosine mean "
+            f"{result['cosine_mean']:.4f} min {result['cosine_min']:.4f}, top-1 agreement "
+            f"{100 * result['top1_agreement']:.1f}%"
+        )
+    for check, passed in report.get("checks", {}).items():
+        lines.append(f"  {'PASS' if passed else 'FAIL'} {check}")
+    if report["latency_ms"]:
+        lines.append(
+            "  latency: "
+            + ", ".join(f"{ms:.2f} ms ({n} thr)" for n, ms in report["latency_ms"].items())
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines kvid-convert's flags. Called by `run()` only, so that importing this module (or
+    kvid_tflite.evaluate, which shares flag names) never touches the global flags."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string(
+        "workdir", None, "Training workdir (model.json, export/float, export/qat).", **fv
+    )
+    flags.DEFINE_string("saved_model", None, "SavedModel to convert (instead of --workdir).", **fv)
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Dataset for calibration/test clips (default: the workdir's; required with --saved_model).",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "labels",
+        None,
+        "Labels file (text or JSON) for --saved_model; default: the dataset's classes.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "frame_stride", None, "Frame stride (default: model.json's, else 1).", **fv
+    )
+    flags.DEFINE_bool("int8", False, "Full-integer int8 (int8 I/O, audited).", **fv)
+    flags.DEFINE_bool("float16", False, "float16 weights, float32 compute and I/O.", **fv)
+    flags.DEFINE_bool("dynamic_range", False, "int8 weights, float activations and I/O.", **fv)
+    flags.DEFINE_bool(
+        "ptq",
+        False,
+        "--int8: post-training quantization of export/float even "
+        "when export/qat exists (output model_int8_ptq.tflite).",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "output", None, "Output .tflite (default WORKDIR/export/model_{mode}.tflite).", **fv
+    )
+    flags.DEFINE_integer("num_calibration_clips", 100, "Training clips for int8 calibration.", **fv)
+    flags.DEFINE_integer(
+        "num_test_clips", 50, "Test clips for the logits cosine vs SavedModel.", **fv
+    )
+    flags.DEFINE_integer("num_debug_clips", 8, "Test clips for the per-layer error report.", **fv)
+    flags.DEFINE_float(
+        "max_rmse_steps",
+        layer_errors_lib.DEFAULT_MAX_RMSE_STEPS,
+        "Per-layer budget: RMS error in quantization steps.",
+        **fv,
+    )
+    flags.DEFINE_float(
+        "max_relative_rmse",
+        layer_errors_lib.DEFAULT_MAX_RELATIVE_RMSE,
+        "Per-layer budget: RMS error / RMS of the float tensor.",
+        **fv,
+    )
+    flags.DEFINE_integer("num_threads", None, "Interpreter threads for the fidelity runs.", **fv)
+
+
+def load_clip_sources(
+    data_dir: str,
+    clip_shape: Sequence[int],
+    frame_stride: int,
+    num_calibration_clips: int,
+    num_test_clips: int,
+) -> tuple[ClipSource, list[np.ndarray]]:
+    """Calibration clips (training split, re-iterable) and test clips from the input pipeline."""
+    from kvid_training import pipeline  # the CLI's glue; library functions take arrays
+
+    config = pipeline.InputConfig(
+        data_dir=data_dir,
+        num_frames=int(clip_shape[0]),
+        image_size=(int(clip_shape[1]), int(clip_shape[2])),
+        batch_size=1,
+        frame_stride=frame_stride,
+        deterministic=True,
+    )
+
+    def representative() -> Iterable[np.ndarray]:
+        clips = pipeline.representative_clips(config, split="train", count=num_calibration_clips)
+        return (np.asarray(clip) for clip in clips)
+
+    test_clips = [
+        np.asarray(clip)
+        for clip in pipeline.representative_clips(config, split="test", count=num_test_clips)
+    ]
+    return representative, test_clips
+
+
+def _selected_mode(values: flags.FlagValues) -> str:
+    selected = [mode for mode in MODES if getattr(values, mode)]
+    if len(selected) != 1:
+        raise app.UsageError(
+            "pass exactly one of --int8, --float16, --dynamic_range "
+            f"(got {', '.join('--' + m for m in selected) or 'none'})"
+        )
+    return selected[0]
+
+
+def convert_from_flags(values: flags.FlagValues) -> int:
+    """The command, on parsed flags; returns the exit code (1: int8 audit failed)."""
+    mode = _selected_mode(values)
+    if bool(values.workdir) == bool(values.saved_model):
+        raise app.UsageError("pass either --workdir or --saved_model (with --data_dir)")
+    if values.ptq and mode != "int8":
+        raise app.UsageError("--ptq only applies to --int8")
+
+    references: dict[str, ServingModel] = {}
+    workdir: Workdir | None = None
+    try:
+        if values.workdir:
+            workdir = load_workdir(values.workdir)
+            clip_shape = workdir.input_shape
+            float_model = load_serving_model(workdir.require_float(), clip_shape)
+            references["float"] = float_model
+            model, source = float_model, ("ptq" if mode == "int8" else "float")
+            if mode == "int8" and workdir.has_qat and not values.ptq:
+                model = load_serving_model(workdir.qat_saved_model, clip_shape)
+                references["qat"], source = model, "qat"
+            data_dir = values.data_dir or workdir.require_data_dir()
+            labels = list(workdir.labels)
+            normalization = workdir.normalization
+            frame_stride = values.frame_stride or workdir.frame_stride
+            export_dir = workdir.export_dir
+        else:
+            if not values.data_dir:
+                raise app.UsageError("--saved_model needs --data_dir (calibration and test clips)")
+            model = load_serving_model(values.saved_model)
+            clip_shape = model.clip_shape
+            source = ("qat" if model.has_fake_quant() else "ptq") if mode == "int8" else "float"
+            references[source if source == "qat" else "float"] = model
+            data_dir = values.data_dir
+            if values.labels:
+                labels = read_labels(values.labels)
+            else:
+                from kvid_training.prepare import read_dataset_info
+
+                labels = list(read_dataset_info(data_dir)["classes"])
+            normalization = None
+            frame_stride = values.frame_stride or 1
+            export_dir = os.path.dirname(os.path.abspath(values.saved_model.rstrip("/")))
+    except WorkdirError as error:
+        print(f"kvid-convert: {error}", file=sys.stderr)
+        return 2
+
+    name = f"model_{mode}" + ("_ptq" if values.ptq else "")
+    output = values.output or os.path.join(export_dir, name + ".tflite")
+    representative, test_clips = load_clip_sources(
+        data_dir,
+        clip_shape,
+        frame_stride,
+        values.num_calibration_clips if mode == "int8" else 0,
+        values.num_test_clips,
+    )
+    report = export_tflite(
+        model,
+        mode,
+        output,
+        source,
+        labels,
+        representative if mode == "int8" else None,
+        test_clips,
+        references,
+        normalization=normalization,
+        num_debug_clips=values.num_debug_clips,
+        num_threads=values.num_threads,
+        max_rmse_steps=values.max_rmse_steps,
+        max_relative_rmse=values.max_relative_rmse,
+    )
+    print(summary(report))
+    if mode == "int8" and not report["audit"]["passed"]:
+        num_float = report["audit"]["num_float_ops"]
+        print(
+            f"FAILURE: int8 audit of {output} ({num_float} float op(s)): "
+            f"{report['audit']['int8_problems'][0]}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    return convert_from_flags(flags.FLAGS)
+
+
+def run() -> None:
+    """Console-script entry point (`kvid-convert`)."""
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,232 @@
+"""The one module that touches the LiteRT runtime (`ai_edge_litert`).
+
+`tf.lite.Interpreter` is deprecated in TF 2.21 (it warns it is "scheduled for deletion"), so every
+`.tflite` that kvid runs goes through `TFLiteModel`, and every read of the flatbuffer goes through
+`read_operator_codes`. Swapping the runtime later means editing this file only.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+# Builtin operator code -> name ("CONV_2D"), from the flatbuffer schema's enum class.
+_BUILTIN_NAMES = {
+    value: name
+    for name, value in vars(schema.BuiltinOperator).items()
+    if not name.startswith("_") and isinstance(value, int)
+}
+
+
+def _integer_range(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def quantize(values: np.ndarray, scale: float, zero_point: int, dtype: Any) -> np.ndarray:
+    """Affine-quantizes float values: `clip(round(x / scale) + zero_point)` in `dtype`."""
+    low, high = _integer_range(np.dtype(dtype))
+    quantized = np.round(np.asarray(values, np.float32) / scale) + zero_point
+    return np.clip(quantized, low, high).astype(dtype)
+
+
+def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Inverse of `quantize`: `(q - zero_point) * scale` as float32."""
+    return ((np.asarray(values).astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def read_operator_codes(model_content: bytes) -> list[dict[str, Any]]:
+    """Reads (name, version) of every operator of subgraph 0, in flatbuffer order.
+
+    The interpreter's op details carry no op version, but the Edge TPU compiler rejects versions
+    it does not know (DESIGN.md section 3), so the audit reads them from the flatbuffer.
+    """
+    model = schema.Model.GetRootAs(model_content, 0)
+    codes = []
+    for index in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(index)
+        # Codes above 127 live only in BuiltinCode; old files only fill DeprecatedBuiltinCode.
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM and code.CustomCode():
+            name = code.CustomCode().decode("utf-8")
+        else:
+            name = _BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}")
+        codes.append({"name": name, "version": int(code.Version())})
+    subgraph = model.Subgraphs(0)
+    return [codes[subgraph.Operators(i).OpcodeIndex()] for i in range(subgraph.OperatorsLength())]
+
+
+class TFLiteModel:
+    """A single-input, single-output `.tflite` classifier run with the LiteRT interpreter.
+
+    Float video in, float logits out: an int8 (or uint8) input is quantized with the input
+    tensor's scale and zero point, an integer output is dequantized with the output's. A model
+    exported at static batch 1 is run one clip at a time when given a larger batch.
+
+    Args:
+      model: path to a `.tflite` file, or its bytes.
+      num_threads: interpreter threads (None: the runtime's default).
+      preserve_all_tensors: keep every intermediate tensor readable after `invoke` (debugging:
+        per-layer error reports); this also disables the default XNNPACK delegate, which would
+        otherwise compute fused subgraphs whose intermediates are never materialised.
+      use_xnnpack: apply LiteRT's default delegate (XNNPACK), as on a phone. Set False to
+        run the reference kernels node by node.
+
+    Example:
+      model = TFLiteModel("export/model_int8.tflite", num_threads=2)
+      logits = model(video)  # (batch, T, H, W, 3) float32 in [0, 1] -> (batch, classes)
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | bytes,
+        num_threads: int | None = None,
+        preserve_all_tensors: bool = False,
+        use_xnnpack: bool = True,
+    ) -> None:
+        if isinstance(model, bytes | bytearray):
+            self.model_content = bytes(model)
+            self.path = None
+        else:
+            self.path = os.fspath(model)
+            with open(self.path, "rb") as f:
+                self.model_content = f.read()
+        self.num_threads = num_threads
+        self.preserve_all_tensors = preserve_all_tensors
+        self.use_xnnpack = use_xnnpack and not preserve_all_tensors
+        resolver = (
+            OpResolverType.AUTO
+            if self.use_xnnpack
+            else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+        self.interpreter = Interpreter(
+            model_content=self.model_content,
+            num_threads=num_threads,
+            experimental_op_resolver_type=resolver,
+            experimental_preserve_all_tensors=preserve_all_tensors,
+        )
+        self.interpreter.allocate_tensors()
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(
+                f"TFLiteModel expects one input and one output, got {len(inputs)} inputs and "
+                f"{len(outputs)} outputs ({self.path or 'model bytes'})"
+            )
+        self.input_details: dict[str, Any] = inputs[0]
+        self.output_details: dict[str, Any] = outputs[0]
+
+    # --- shapes, dtypes and quantization ------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.input_details["shape"])
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.output_details["shape"])
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self.input_details["dtype"])
+
+    @property
+    def output_dtype(self) -> np.dtype:
+        return np.dtype(self.output_details["dtype"])
+
+    @property
+    def input_quantization(self) -> tuple[float, int]:
+        """(scale, zero_point) of the input; (0.0, 0) for a float input."""
+        scale, zero_point = self.input_details["quantization"]
+        return float(scale), int(zero_point)
+
+    @property
+    def output_quantization(self) -> tuple[float, int]:
+        """(scale, zero_point) of the output; (0.0, 0) for a float output."""
+        scale, zero_point = self.output_details["quantization"]
+        return float(scale), int(zero_point)
+
+    def quantize_input(self, video: np.ndarray) -> np.ndarray:
+        """Converts float video to the input tensor's dtype (identity for a float input)."""
+        if np.issubdtype(self.input_dtype, np.integer):
+            scale, zero_point = self.input_quantization
+            return quantize(video, scale, zero_point, self.input_dtype)
+        return np.asarray(video, dtype=self.input_dtype)
+
+    def dequantize_output(self, raw: np.ndarray) -> np.ndarray:
+        """Converts the raw output tensor to float32 logits."""
+        if np.issubdtype(self.output_dtype, np.integer):
+            scale, zero_point = self.output_quantization
+            return dequantize(raw, scale, zero_point)
+        return np.asarray(raw, dtype=np.float32)
+
+    # --- running --------------------------------------------------------------------------------
+    def invoke_raw(self, model_input: np.ndarray) -> np.ndarray:
+        """Runs one invoke on an input already in the input tensor's dtype and shape."""
+        model_input = np.asarray(model_input)
+        if model_input.dtype != self.input_dtype:
+            raise TypeError(f"invoke_raw expects {self.input_dtype}, got {model_input.dtype}")
+        if tuple(model_input.shape) != self.input_shape:
+            raise ValueError(
+                f"invoke_raw expects shape {self.input_shape}, got {model_input.shape}"
+            )
+        self.interpreter.set_tensor(self.input_details["index"], model_input)
+        self.interpreter.invoke()
+        return np.copy(self.interpreter.get_tensor(self.output_details["index"]))
+
+    def __call__(self, video: np.ndarray) -> np.ndarray:
+        """Float video `(N, T, H, W, 3)` -> float32 logits `(N, classes)`, chunked by batch."""
+        video = np.asarray(video, np.float32)
+        batch = self.input_shape[0]
+        expected = self.input_shape[1:]
+        if tuple(video.shape[1:]) != expected:
+            raise ValueError(f"expected clips of shape {expected}, got {video.shape[1:]}")
+        if video.shape[0] % batch:
+            raise ValueError(f"batch {video.shape[0]} is not a multiple of the model's {batch}")
+        outputs = [
+            self.dequantize_output(self.invoke_raw(self.quantize_input(video[i : i + batch])))
+            for i in range(0, video.shape[0], batch)
+        ]
+        return np.concatenate(outputs, axis=0)
+
+    def latency(self, runs: int = 20, warmup: int = 3, seed: int = 0) -> float:
+        """Median wall time of one invoke in milliseconds, on a random input."""
+        rng = np.random.default_rng(seed)
+        video = rng.random(self.input_shape, dtype=np.float32)
+        model_input = self.quantize_input(video)
+        for _ in range(warmup):
+            self.invoke_raw(model_input)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.invoke_raw(model_input)
+            times.append((time.perf_counter() - start) * 1000.0)
+        return float(statistics.median(times))
+
+    # --- introspection --------------------------------------------------------------------------
+    def signature_list(self) -> dict[str, dict[str, list[str]]]:
+        return self.interpreter.get_signature_list()
+
+    def tensor_details(self) -> list[dict[str, Any]]:
+        return self.interpreter.get_tensor_details()
+
+    def ops_details(self) -> list[dict[str, Any]]:
+        """Node details in execution order, without the DELEGATE nodes a delegate appends."""
+        # pylint: disable-next=protected-access
+        details = self.interpreter._get_ops_details()
+        return [op for op in details if op["op_name"] != "DELEGATE"]
+
+    def get_tensor(self, index: int) -> np.ndarray:
+        """Value of tensor `index` after the last invoke (needs `preserve_all_tensors`)."""
+        return np.copy(self.interpreter.get_tensor(index))
+
+    def model_io_indices(self) -> tuple[Sequence[int], Sequence[int]]:
+        inputs = [d["index"] for d in self.interpreter.get_input_details()]
+        outputs = [d["index"] for d in self.interpreter.get_output_details()]
+        return inputs, outputs
