@@ -1,0 +1,199 @@
+"""The files of a training workdir (the contract that kvid-convert and kvid-eval read).
+
+```
+WORKDIR/flags.txt            resolved flags in flagfile format (replayable with --flagfile)
+WORKDIR/config.json          the frozen TrainConfig
+WORKDIR/model.json           how to rebuild the model and feed it
+WORKDIR/label_map.json       class names in label order
+WORKDIR/checkpoints/{float,qat}/   tf.train.CheckpointManager checkpoints
+WORKDIR/tensorboard/{float,qat}/   TensorBoard logs
+WORKDIR/metrics.jsonl        one JSON line per epoch
+WORKDIR/training_curve.png   loss / accuracy curves of both phases
+WORKDIR/export/{float,qat}/  SavedModels, signature serving_default: "video" -> "logits"
+WORKDIR/export/{float,qat}.weights.h5   Keras weights
+```
+Exports are written to a temporary name and renamed, so an existing export is always complete:
+a resumed run uses `export/float/` as the marker that the float phase is finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+
+from kvid_training import config
+
+# Flags that do not change what a run computes: a re-run may change them and still resume.
+_FLAGS_IGNORED_FOR_RESUME = frozenset({"verbose", "checkpoint_every_steps", "workdir"})
+
+
+def path(workdir: str, *parts: str) -> str:
+    """A path inside the workdir."""
+    return os.path.join(workdir, *parts)
+
+
+def write_json(file_path: str, value: Any) -> None:
+    """Writes `value` as indented JSON, atomically (temporary file, then rename)."""
+    tmp_path = file_path + ".tmp"
+    with open(tmp_path, "w", encoding="utf-8") as file:
+        json.dump(value, file, indent=2)
+        file.write("\n")
+    os.replace(tmp_path, file_path)
+
+
+def write_run_files(
+    cfg: config.TrainConfig, preset_fields: Mapping[str, Any], info: Mapping[str, Any]
+) -> None:
+    """Writes config.json, model.json and label_map.json into the run's workdir.
+
+    Args:
+      cfg: the run's config.
+      preset_fields: `kvid.models.get_preset(cfg.preset)` (input normalisation).
+      info: the dataset's dataset.json (class names and order pairs).
+    """
+    height, width = cfg.image_size
+    write_json(path(cfg.workdir, "config.json"), cfg.to_json_dict())
+    write_json(path(cfg.workdir, "label_map.json"), list(info["classes"]))
+    write_json(
+        path(cfg.workdir, "model.json"),
+        {
+            "preset": cfg.preset,
+            "num_classes": cfg.num_classes,
+            "overrides": cfg.to_json_dict()["model_overrides"],
+            "input_shape": [cfg.num_frames, height, width, 3],
+            "labels": list(info["classes"]),
+            "order_pairs": [list(pair) for pair in info.get("order_pairs", [])],
+            "normalization": {
+                "mean": preset_fields.get("input_mean"),
+                "std": preset_fields.get("input_std"),
+            },
+            "data_dir": cfg.data_dir,
+            "input": {
+                "num_frames": cfg.num_frames,
+                "image_size": [height, width],
+                "frame_stride": cfg.frame_stride,
+            },
+        },
+    )
+
+
+def format_flagfile(lines: Sequence[str], header: str) -> str:
+    """Flagfile text: a comment header, then the `--name=value` lines."""
+    return "\n".join([f"# {line}" for line in header.splitlines()] + list(lines)) + "\n"
+
+
+def _compared_lines(lines: Sequence[str]) -> list[str]:
+    """Flag lines that define the run: comments and ignored flags dropped, sorted."""
+    kept = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.lstrip("-").partition("=")[0] not in _FLAGS_IGNORED_FOR_RESUME:
+            kept.append(line)
+    return sorted(kept)
+
+
+def check_same_run(flags_path: str, lines: Sequence[str]) -> None:
+    """Raises ValueError when `flags_path` holds a different run's flags.
+
+    Only flags that change what the run computes are compared, so a resumed run may, e.g., ask
+    for more frequent checkpoints or another verbosity.
+    """
+    if not os.path.exists(flags_path):
+        return
+    with open(flags_path, encoding="utf-8") as file:
+        saved = _compared_lines(file.read().splitlines())
+    current = _compared_lines(lines)
+    if saved != current:
+        only_now = [line for line in current if line not in saved]
+        only_saved = [line for line in saved if line not in current]
+        raise ValueError(
+            f"--workdir={os.path.dirname(flags_path)} holds a run with different flags "
+            f"(now: {' '.join(only_now) or '-'}; saved: {' '.join(only_saved) or '-'}); "
+            "use a new --workdir or delete this one"
+        )
+
+
+def export_saved_model(model: keras.Model, export_dir: str, input_shape: Sequence[int]) -> None:
+    """Saves the classifier as a SavedModel whose serving_default maps "video" to "logits".
+
+    The signature is an explicit `tf.function` with a named, batch-polymorphic input, so the
+    TFLite converter and `tf.saved_model.load` see `video: (None, T, H, W, 3) float32`. Only the
+    variables are tracked (not the Keras object), which skips Keras' per-layer tracing: it is slow
+    and fails on layers (e.g. tfmot wrappers) whose calls need extra arguments.
+    """
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float32, name="video")])
+    def serve(video):
+        return {"logits": model(video, training=False)}
+
+    module = tf.Module()
+    module.model_variables = list(model.variables)
+    module.serve = serve
+    tmp_dir = export_dir + ".tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tf.saved_model.save(module, tmp_dir, signatures={"serving_default": serve})
+    shutil.rmtree(export_dir, ignore_errors=True)
+    os.replace(tmp_dir, export_dir)
+
+
+def save_weights(model: keras.Model, weights_path: str) -> None:
+    """Saves Keras HDF5 weights atomically."""
+    tmp_path = weights_path[: -len(".weights.h5")] + ".tmp.weights.h5"
+    model.save_weights(tmp_path)
+    os.replace(tmp_path, weights_path)
+
+
+def export_complete(workdir: str, phase: str) -> bool:
+    """Whether both exports of `phase` ("float" or "qat") exist."""
+    return os.path.exists(path(workdir, "export", phase, "saved_model.pb")) and os.path.exists(
+        path(workdir, "export", f"{phase}.weights.h5")
+    )
+
+
+def plot_training_curve(records: Sequence[Mapping[str, Any]], png_path: str) -> None:
+    """Loss and accuracy (train and validation) against the global step, for both phases.
+
+    QAT steps are drawn after the float steps, with a dashed line where QAT starts.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    float_end = max((r["step"] for r in records if r["phase"] == "float"), default=0)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        for phase, color in (("float", "tab:blue"), ("qat", "tab:orange")):
+            rows = [r for r in records if r["phase"] == phase]
+            if not rows:
+                continue
+            offset = float_end if phase == "qat" else 0
+            steps = [r["step"] + offset for r in rows]
+            for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+                points = [(s, r[key]) for s, r in zip(steps, rows) if key in r]
+                if points:
+                    axis.plot(
+                        *zip(*points),
+                        style,
+                        color=color,
+                        marker="o",
+                        markersize=3,
+                        label=f"{phase} {key}",
+                    )
+        if any(r["phase"] == "qat" for r in records):
+            axis.axvline(float_end, color="gray", linestyle=":", linewidth=1)
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)
