@@ -176,7 +176,7 @@ PRESETS = {
         blocks=_blocks(
             [("dna3", 2, 16, 2, 0), ("dna", 3, 16, 1, 3), ("dna3", 4, 32, 2, 4),
              ("dna", 3, 32, 1, 3), ("dna3", 4, 64, 2, 4), ("dna", 3, 64, 1, 3)],
-            [(1, 1), (3, 1), (3, 1), (3, 1), (3, 2), (3, 1)],
+            [(3, 1), (3, 1), (3, 1), (3, 1), (3, 2), (3, 1)],  # temporal from the first block
         ),
         stem_channels=8, num_tokens=6, token_dim=64, head_expansion=4, head_features=256,
         num_frames=8, image_size=64, bridge_formulation="factorized", dropout_rate=0.1,
