@@ -69,10 +69,42 @@ def make_converter(
     """
     import tensorflow as tf
 
-    if mode not in _ALL_MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {_ALL_MODES}")
     function = model.static_batch_function(batch_size=1)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model.loaded)
+    return _configure(converter, mode, representative, model.clip_shape, float_io)
+
+
+def convert_keras_model(
+    model: Any, mode: str = "int8", representative: ClipSource | None = None
+) -> bytes:
+    """Converts an in-memory Keras model (float or QAT) to `.tflite` bytes at static batch 1.
+
+    The same conversion as `kvid-convert` (signature `serving_default`, input `video`, output
+    `logits`; int8 I/O for "int8"), for a model that is not exported yet.
+    """
+    import tensorflow as tf
+
+    clip_shape = tuple(model.input_shape[1:])
+    spec = tf.TensorSpec([1, *clip_shape], tf.float32, name="video")
+    function = tf.function(
+        lambda video: {"logits": model(video, training=False)}, input_signature=[spec]
+    ).get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    return _configure(converter, mode, representative, clip_shape, float_io=False).convert()
+
+
+def _configure(
+    converter: Any,
+    mode: str,
+    representative: ClipSource | None,
+    clip_shape: Sequence[int],
+    float_io: bool,
+) -> Any:
+    """Sets a converter up for `mode` (see `make_converter`)."""
+    import tensorflow as tf
+
+    if mode not in _ALL_MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {_ALL_MODES}")
     if mode == "float32":
         return converter
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -81,7 +113,6 @@ def make_converter(
     elif mode == "int8":
         if representative is None:
             raise ValueError("int8 conversion needs a representative dataset (calibration clips)")
-        clip_shape = model.clip_shape
         converter.representative_dataset = lambda: (
             [_as_clip(clip, clip_shape)] for clip in representative()
         )

@@ -6,6 +6,7 @@ import pytest
 import kvid
 from kvid.backend import keras, tf
 from kvid_tflite.audit import audit_model, check_int8
+from kvid_tflite.convert import convert_keras_model
 from kvid_tflite.litert import TFLiteModel
 
 
@@ -21,17 +22,7 @@ def smooth_clips(shape, count, seed=0):
 
 
 def convert_int8(model, calibration):
-    shape = model.input_shape[1:]
-    function = tf.function(lambda v: model(v, training=False)).get_concrete_function(
-        tf.TensorSpec((1, *shape), tf.float32)
-    )
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([clip] for clip in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return converter.convert()
+    return convert_keras_model(model, "int8", lambda: calibration)
 
 
 def cosine(a, b):
