@@ -24,6 +24,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
 
 from kvid.backend import keras, tf
 from kvid.layers.base import QuantizableLayer, create_range_variables, fake_quant_with_range
+from kvid.layers.common import DropPath
 
 _quantize_keras = tfmot.quantization.keras
 
@@ -223,10 +224,24 @@ def calibrate(qat_model: keras.Model, batches) -> keras.Model:
     """Sets every activation range of a fresh QAT model from a few batches of clips.
 
     The ranges of a QAT model are set by its first training batch; a QAT model that is converted
-    without training needs this first (batch norm is frozen in QAT mode, so only the ranges move).
+    without training needs this first. Batch norm is frozen in QAT mode, and dropout and stochastic
+    depth are switched off here, so only the ranges move and they see the inference activations.
     """
-    for batch in batches:
-        qat_model(batch, training=True)
+    stochastic = [
+        layer
+        for wrapper in qat_model.layers
+        for layer in [getattr(wrapper, "layer", wrapper)]
+        if isinstance(layer, (keras.layers.Dropout, DropPath))
+    ]
+    rates = [layer.rate for layer in stochastic]
+    try:
+        for layer in stochastic:
+            layer.rate = 0.0
+        for batch in batches:
+            qat_model(batch, training=True)
+    finally:
+        for layer, rate in zip(stochastic, rates, strict=True):
+            layer.rate = rate
     return qat_model
 
 
