@@ -1,0 +1,250 @@
+"""Shared helpers of the benchmark scripts: clips, int8 conversion, timing, machine facts, output.
+
+Copied on purpose from tests/kvid/quantization/test_quantization.py (`smooth_clips`,
+`convert_int8`, `cosine`): benchmarks never import tests. Keep the two in step.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from kvid.backend import keras, tf
+from kvid_tflite.convert import convert_keras_model
+from kvid_tflite.litert import TFLiteModel
+
+# The attainable-rate probe: large 1x1 convolutions, where XNNPACK's int8 GEMM is at its best.
+# (height, width, in_channels, out_channels); the fastest of them sets the attainable rate.
+RATE_PROBES = ((56, 56, 512, 512), (28, 28, 1024, 1024))
+
+
+def smooth_clips(shape: Sequence[int], count: int, seed: int = 0) -> list[np.ndarray]:
+    """Low-frequency random clips in [0, 1] of `shape` (T, H, W, 3), each with a batch axis of 1.
+
+    Feature maps computed from them have structure, unlike white noise: a 4x4 random image per
+    frame, bilinearly resized to H x W.
+    """
+    rng = np.random.default_rng(seed)
+    frames, height, width, _ = shape
+    clips = []
+    for _ in range(count):
+        small = rng.random((frames, 4, 4, 3)).astype(np.float32)
+        clips.append(tf.image.resize(small, (height, width)).numpy()[None].clip(0, 1))
+    return clips
+
+
+def smooth_inputs(shape: Sequence[int], count: int, seed: int = 0) -> list[np.ndarray]:
+    """`smooth_clips` for a video shape (T, H, W, 3), or single frames for an image (H, W, 3)."""
+    if len(shape) == 3:
+        return [clip[:, 0] for clip in smooth_clips((1, *shape), count, seed)]
+    return smooth_clips(shape, count, seed)
+
+
+def convert_int8(model: keras.Model, calibration: Sequence[np.ndarray]) -> bytes:
+    """Full-integer post-training quantization at batch 1: int8 ops, int8 input and output."""
+    return convert_keras_model(model, "int8", lambda: calibration)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity; 0.0 when either vector is all zero (e.g. an int8 output rounded away)."""
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / norms) if norms > 0 else 0.0
+
+
+def relative_l2(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """||estimate - reference|| / ||reference||."""
+    reference = np.ravel(reference)
+    return float(np.linalg.norm(np.ravel(estimate) - reference) / np.linalg.norm(reference))
+
+
+def time_invokes(runner: TFLiteModel, runs: int, warmup: int = 3, seed: int = 0) -> list[float]:
+    """Wall time in ms of `runs` invokes on one random input (after `warmup` untimed ones).
+
+    The same loop as `TFLiteModel.latency`, which returns only the median; the benchmarks also
+    report the minimum, the better estimate of the machine's speed when others load it.
+    """
+    video = np.random.default_rng(seed).random(runner.input_shape, dtype=np.float32)
+    model_input = runner.quantize_input(video)
+    for _ in range(warmup):
+        runner.invoke_raw(model_input)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner.invoke_raw(model_input)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def latency_summary(tflite_bytes: bytes, threads: int, runs: int) -> dict[str, float]:
+    """Median, min and max latency (ms) of an int8 model with LiteRT's default XNNPACK delegate."""
+    times = time_invokes(TFLiteModel(tflite_bytes, num_threads=threads), runs)
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "runs": runs,
+    }
+
+
+def pointwise_conv_model(height: int, width: int, channels: int, filters: int) -> keras.Model:
+    inputs = keras.Input((height, width, channels), batch_size=1)
+    outputs = keras.layers.Conv2D(filters, 1, use_bias=True)(inputs)
+    return keras.Model(inputs, outputs, name=f"conv1x1_{height}x{width}_{channels}to{filters}")
+
+
+def attainable_rate(threads: Sequence[int], runs: int) -> dict[str, Any]:
+    """Attainable int8 rate (GMAC/s) per thread count: the fastest of the `RATE_PROBES` convs.
+
+    Each probe is a full-int8 TFLite Conv2D 1x1 (calibrated on standard-normal inputs), timed by
+    median latency like the models.
+    """
+    rng = np.random.default_rng(0)
+    probes = []
+    for height, width, channels, filters in RATE_PROBES:
+        model = pointwise_conv_model(height, width, channels, filters)
+        calibration = [
+            rng.standard_normal((1, height, width, channels), dtype=np.float32) for _ in range(4)
+        ]
+        tflite_bytes = convert_int8(model, calibration)
+        macs = height * width * channels * filters
+        row = {"probe": model.name, "macs": macs}
+        for count in threads:
+            latency = latency_summary(tflite_bytes, count, runs)
+            row[f"{count}t"] = {**latency, "gmacs_per_s": macs / latency["median_ms"] / 1e6}
+        probes.append(row)
+    best = {f"{count}t": max(p[f"{count}t"]["gmacs_per_s"] for p in probes) for count in threads}
+    return {"gmacs_per_s": best, "probes": probes, "load_average": load_average()}
+
+
+def xnnpack_fallback(tflite_bytes: bytes) -> dict[str, Any]:
+    """Which ops the default XNNPACK delegate leaves to LiteRT's builtin (reference) kernels.
+
+    After delegation the graph holds one DELEGATE node per XNNPACK partition, and the original
+    nodes. An original node runs outside XNNPACK exactly when something still running needs one
+    of its outputs that no DELEGATE node produces: walk back from the model outputs and the
+    DELEGATE nodes' inputs. Many partitions means many hand-offs between the two runtimes.
+    """
+    runner = TFLiteModel(tflite_bytes, num_threads=1)
+    # pylint: disable-next=protected-access
+    nodes = runner.interpreter._get_ops_details()
+    delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
+    originals = [n for n in nodes if n["op_name"] != "DELEGATE"]
+    available = {int(i) for d in delegates for i in d["outputs"]}
+    producer = {int(o): n for n in originals for o in n["outputs"]}
+    model_inputs, model_outputs = runner.model_io_indices()
+    available.update(int(i) for i in model_inputs)
+    needed = [int(i) for d in delegates for i in d["inputs"]] + [int(i) for i in model_outputs]
+    fallback: dict[int, dict[str, Any]] = {}
+    while needed:
+        tensor = needed.pop()
+        node = producer.get(tensor)
+        if tensor in available or node is None or node["index"] in fallback:
+            continue  # produced by XNNPACK, a model input, a constant, or already visited
+        fallback[node["index"]] = node
+        needed.extend(int(i) for i in node["inputs"] if i >= 0)
+    counts = collections.Counter(n["op_name"] for n in fallback.values())
+    return {
+        "partitions": len(delegates),
+        "ops": len(originals),
+        "fallback_ops": len(fallback),
+        "fallback_by_name": dict(counts.most_common()),
+    }
+
+
+def cpu_idle_fraction(seconds: float = 1.0) -> float:
+    """Share of all CPUs' time spent idle over the next `seconds` (from /proc/stat)."""
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+
+    idle_start, total_start = read()
+    time.sleep(seconds)
+    idle_end, total_end = read()
+    return (idle_end - idle_start) / max(total_end - total_start, 1)
+
+
+def wait_for_idle(timeout_s: float, threshold: float = 0.9) -> dict[str, float]:
+    """Waits up to `timeout_s` for a second in which the CPUs are >= `threshold` idle.
+
+    On a machine shared with other jobs, latency is only meaningful in such a window, and the
+    2-thread numbers need both cores. Returns the idle fraction seen last and the seconds waited;
+    with `timeout_s` 0 it only samples once.
+    """
+    start = time.perf_counter()
+    while True:
+        idle = cpu_idle_fraction()
+        waited = time.perf_counter() - start
+        if idle >= threshold or waited >= timeout_s:
+            return {"idle_fraction": round(idle, 3), "waited_s": round(waited, 1)}
+        time.sleep(4.0)
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, date, library versions and load: the context every table needs."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "tf_keras": _version("tf_keras"),
+        "ai_edge_litert": _version("ai-edge-litert"),
+        "load_average_1_5_15min": load_average(),
+    }
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Writes atomically (a partial run leaves the previous complete file or the new one)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(temporary, path)
+
+
+def write_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
