@@ -22,7 +22,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
     QuantizeLayer,
 )
 
-from kvid.backend import keras, tf
+from kvid.backend import keras
 from kvid.layers.base import QuantizableLayer, create_range_variables, fake_quant_with_range
 from kvid.layers.common import DropPath
 
@@ -73,32 +73,6 @@ class InputQuantizer(_quantize_keras.quantizers.Quantizer):
 
     def __eq__(self, other):
         return isinstance(other, InputQuantizer)
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-
-@keras.utils.register_keras_serializable(package="kvid")
-class FixedRangeQuantizer(_quantize_keras.quantizers.Quantizer):
-    """8-bit quantizer on a fixed range (the model input: video in [0, 1])."""
-
-    def __init__(self, low: float = 0.0, high: float = 1.0):
-        self.low = low
-        self.high = high
-
-    def build(self, tensor_shape, name, layer):
-        return {}
-
-    def __call__(self, inputs, training, weights, **kwargs):
-        return tf.quantization.fake_quant_with_min_max_args(
-            inputs, min=self.low, max=self.high, num_bits=8
-        )
-
-    def get_config(self):
-        return {"low": self.low, "high": self.high}
-
-    def __eq__(self, other):
-        return isinstance(other, FixedRangeQuantizer) and self.get_config() == other.get_config()
 
     def __ne__(self, other):
         return not self.__eq__(other)
