@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from kvid.backend import keras
 from kvid.layers import (
+    Activation,
     ChannelShuffle,
     Conv2Plus1D,
     DenseBN,
@@ -250,8 +251,6 @@ def _conv_alone(x, block: Block, cfg: dict, name: str, identity: bool):
 def _activation(x, tokens, cfg: dict, dynamic: bool, name: str):
     if dynamic:
         return DynamicReLU(cfg["hyper_token"], cfg["hyper_reduction"], name=name)([x, tokens])
-    from kvid.layers import Activation
-
     return Activation("relu6", name=name)(x)
 
 
