@@ -7,6 +7,8 @@ configuration, not from a stored special case, and every reference parameter mus
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 
 import numpy as np
@@ -95,10 +97,22 @@ def from_reference(
       A kvid model taking `(batch, [frames,] height, width, 3)` float32 and returning logits.
     """
     family = reference.get("family")
-    if family == "mobile_former":
-        from kvid.models import mobile_former_reference
+    supported = reference_families()
+    if family not in supported:
+        raise ValueError(f"from_reference: unsupported family {family!r}; supported: {supported}.")
+    module = importlib.import_module(f"kvid.models.{family}_reference")
+    return module.build_from_reference(
+        reference, StateDict(state_dict), image_size, num_frames, input_mean, input_std
+    )
 
-        return mobile_former_reference.build_from_reference(
-            reference, StateDict(state_dict), image_size, num_frames, input_mean, input_std
-        )
-    raise ValueError(f"from_reference: unsupported family {family!r}; supported: mobile_former.")
+
+def reference_families() -> list[str]:
+    """Families that can be built from a reference: those with a `<family>_reference` module."""
+    import kvid.models
+
+    suffix = "_reference"
+    return sorted(
+        info.name[: -len(suffix)]
+        for info in pkgutil.iter_modules(kvid.models.__path__)
+        if info.name.endswith(suffix)
+    )
