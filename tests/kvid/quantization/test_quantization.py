@@ -49,7 +49,7 @@ DEFAULT_TIER_QAT = ("vmf_tiny",)  # the rest take 1-7 min each on 2 cores: slow 
     "name",
     [
         name if name in DEFAULT_TIER_QAT else pytest.param(name, marks=pytest.mark.slow)
-        for name in kvid.models.list_presets()
+        for name in kvid.models.list_presets("mobile_former")
     ],
 )
 def test_qat_entry_point_on_every_preset(name):
@@ -133,7 +133,7 @@ def test_full_bridge_breaks_in_int8_where_the_factorized_one_holds():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", [p for p in kvid.models.list_presets() if p not in ("vmf_tiny", "vmf_xs")]
+    "name", [p for p in kvid.models.list_presets("mobile_former") if p not in ("vmf_tiny", "vmf_xs")]
 )
 def test_every_preset_int8_has_zero_float_ops(name):
     model = kvid.models.create(name, num_classes=10)
