@@ -30,6 +30,7 @@ setup(
     entry_points={
         "console_scripts": [
             "kvid-convert=kvid_tflite.convert:run",
+            "kvid-edgetpu-check=kvid_tflite.edgetpu:run",
             "kvid-eval=kvid_tflite.evaluate:run",
             "kvid-prepare=kvid_training.prepare:run",
             "kvid-train=kvid_training.train:run",
