@@ -29,6 +29,7 @@ from kvid.layers import (
     Normalize,
     PooledTokenConcat,
 )
+from kvid.layers.temporal_stack import TemporalStack
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,6 +102,7 @@ DEFAULTS = dict(
     input_std=IMAGENET_STD,
     blocks=(),
     stem_channels=16,
+    stem_temporal_kernel=1,  # > 1: the stem is a full k x 3 x 3 spatio-temporal conv
     num_tokens=6,
     token_dim=192,
     groups=1,  # grouped pointwise convs + channel shuffles (26m)
@@ -179,8 +181,9 @@ PRESETS = {
              ("dna", 3, 32, 1, 3), ("dna3", 4, 64, 2, 4), ("dna", 3, 64, 1, 3)],
             [(3, 1), (3, 1), (3, 1), (3, 1), (3, 2), (3, 1)],  # temporal from the first block
         ),
-        stem_channels=8, num_tokens=6, token_dim=64, head_expansion=4, head_features=256,
-        num_frames=8, image_size=64, bridge_formulation="factorized", dropout_rate=0.1,
+        stem_channels=8, stem_temporal_kernel=3, num_tokens=6, token_dim=64, head_expansion=4,
+        head_features=256, num_frames=8, image_size=64, bridge_formulation="factorized",
+        dropout_rate=0.1,
     ),
 }  # fmt: skip
 
@@ -346,6 +349,9 @@ def backbone_tensors(inputs, cfg: dict) -> tuple[keras.KerasTensor, keras.KerasT
         x = keras.layers.Reshape((1, size, size, 3), name="add_frame_axis")(x)
     x = Normalize(cfg["input_mean"], cfg["input_std"], name="normalize")(x)
     tokens = GlobalTokens(cfg["num_tokens"], cfg["token_dim"], name="tokens")(x)
+    if cfg["stem_temporal_kernel"] > 1:
+        # Direction-selective motion features from the first layer (see TemporalStack).
+        x = TemporalStack(cfg["stem_temporal_kernel"], name="stem_frames")(x)
     x = FrameConv(cfg["stem_channels"], 3, strides=2, activation="relu6",
                   bn_epsilon=cfg["epsilon"], name="stem")(x)  # fmt: skip
     endpoints = {"stem": x}

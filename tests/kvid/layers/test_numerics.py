@@ -44,6 +44,34 @@ def test_conv2plus1d_equals_conv3d_with_factorised_kernel(strides):
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_temporal_stack_takes_neighbour_frames_with_zeros_at_the_ends():
+    frames, channels = 5, 3
+    x = np.zeros((2, frames, 2, 3, channels), np.float32)
+    for t in range(frames):
+        x[:, t] = 10 * (t + 1) + np.arange(channels)  # value = 10 * (frame + 1) + channel
+    out = layers.TemporalStack(3)(x).numpy()
+    assert out.shape == (2, frames, 2, 3, 3 * channels)
+    for t in range(frames):
+        for i, source in enumerate((t - 1, t, t + 1)):
+            block = out[:, t, :, :, i * channels : (i + 1) * channels]
+            expected = x[:, source] if 0 <= source < frames else np.zeros_like(x[:, 0])
+            np.testing.assert_array_equal(block, expected)
+
+
+@pytest.mark.parametrize("kernel_t", [3, 5])
+def test_temporal_stack_then_frame_conv_equals_conv3d(kernel_t):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 6, 10, 10, 3)).astype(np.float32)
+    conv = layers.FrameConv(4, 3, strides=2, batch_norm=False, use_bias=False)
+    out = conv(layers.TemporalStack(kernel_t)(x)).numpy()
+    # The Conv2D kernel's input axis is (time, channel) flattened: a Conv3D kernel (t, h, w, c, o).
+    kernel = conv.conv.get_weights()[0].reshape(3, 3, kernel_t, 3, 4).transpose(2, 0, 1, 3, 4)
+    pad_t = kernel_t // 2
+    padded = tf.pad(x, [[0, 0], [pad_t, pad_t], [1, 1], [1, 1], [0, 0]])
+    expected = tf.nn.conv3d(padded, kernel, (1, 1, 2, 2, 1), "VALID").numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_frame_conv_is_per_frame_with_symmetric_padding():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 3, 8, 8, 2)).astype(np.float32)
