@@ -8,11 +8,16 @@ kvid.models.list_presets()
 from __future__ import annotations
 
 from kvid.backend import keras
-from kvid.models import mobile_former
+from kvid.models import dualformer, mobile_former, posmlp, xvit
 from kvid.models.reference import from_reference
 
 # family name -> module with PRESETS, resolve_config(name, overrides) and build(name, cfg, classes)
-FAMILIES = {"mobile_former": mobile_former}
+FAMILIES = {
+    "mobile_former": mobile_former,
+    "xvit": xvit,
+    "dualformer": dualformer,
+    "posmlp": posmlp,
+}
 
 
 def _family_of(name: str):

@@ -27,6 +27,62 @@ CASES = [
     (layers.Activation, dict(activation="hard_swish"), [VIDEO]),
     (layers.PooledTokenConcat, dict(num_cls_tokens=2), [VIDEO, TOKENS]),
     (layers.DenseBN, dict(units=8), [(12,)]),
+    (layers.TemporalStack, dict(kernel_size=3), [VIDEO]),
+    # DualFormer
+    (layers.TubeletConv, dict(filters=12, kernel_size=(2, 2, 2)), [VIDEO]),
+    (layers.TubeletConv, dict(depthwise=True, kernel_size=(2, 4, 4)), [VIDEO]),
+    (layers.PEG, dict(form="full"), [VIDEO]),
+    (layers.PEG, dict(form="factorized"), [VIDEO]),
+    (layers.LocalWindowAttention, dict(num_heads=2, window_size=(2, 4, 4)), [VIDEO]),
+    (
+        layers.GlobalPyramidAttention,
+        dict(
+            num_heads=2,
+            fine_pyramid_size=(2, 2, 2),
+            coarse_pyramid_size=(1, 2, 2),
+            coarse_first_kernel=(1, 2, 2),
+        ),
+        [VIDEO],
+    ),  # fmt: skip
+    (layers.GlobalPyramidAttention, dict(num_heads=2, fine_pyramid_size=(4, 8, 8)), [VIDEO]),
+    # PosMLP-Video (frame-stacked: 4 frames of 8x8)
+    (layers.PoSGU, dict(num_frames=4, window_size=4, gamma=2), [(32, 8, 8)]),
+    (
+        layers.PoSGU,
+        dict(
+            num_frames=4,
+            gamma=4,
+            form="depthwise",
+            layout="sliced",
+            norm="batch",
+            activation="relu6",
+        ),
+        [(32, 8, 8)],
+    ),  # fmt: skip
+    (layers.PoTGU, dict(num_frames=4, gamma=2, form="depthwise"), [(32, 8, 8)]),
+    (layers.PoSTGU, dict(num_frames=4, temporal_window=2, window_size=4, gamma=2), [(32, 8, 8)]),
+    (
+        layers.PatchMerge,
+        dict(filters=12, patch_size=2, num_frames=4, activation="relu6"),
+        [(32, 8, 8)],
+    ),  # fmt: skip
+    # XViT (time-major tokens: 4 frames of 5 tokens)
+    (layers.TemporalShift, dict(shift_div=4), [(4, 5, 16)]),
+    (layers.TemporalShift, dict(shift_div=8, num_segments=2), [(4, 5, 16)]),
+    (layers.TemporalShift, dict(shift_div=4), [VIDEO]),
+    (layers.SpaceTimeMixingAttention, dict(num_heads=2, shift_div=4), [(4, 5, 16)]),
+    (
+        layers.SpaceTimeMixingAttention,
+        dict(num_heads=2, shift_div=8, num_segments=2, summary_tokens=True),
+        [(4, 5, 16)],
+    ),  # fmt: skip
+    (layers.SpaceTimeMixingAttention, dict(num_heads=2, shift_div=0, qkv_bias=False), [(5, 16)]),
+    (layers.PatchEmbedding, dict(embed_dim=16, patch_size=4), [VIDEO]),
+    (layers.SpaceTimeEmbedding, dict(temporal_length=2), [(4, 5, 16)]),
+    (layers.FeedForward, dict(hidden_dim=32, dropout_rate=0.1), [(4, 5, 16)]),
+    (layers.SelectToken, dict(index=0), [(4, 5, 16)]),
+    (layers.MeanTokens, {}, [(4, 5, 16)]),
+    (layers.PrependClassToken, {}, [(5, 16)]),
 ]
 
 

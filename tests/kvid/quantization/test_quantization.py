@@ -133,7 +133,8 @@ def test_full_bridge_breaks_in_int8_where_the_factorized_one_holds():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", [p for p in kvid.models.list_presets("mobile_former") if p not in ("vmf_tiny", "vmf_xs")]
+    "name",
+    [p for p in kvid.models.list_presets("mobile_former") if p not in ("vmf_tiny", "vmf_xs")],
 )
 def test_every_preset_int8_has_zero_float_ops(name):
     model = kvid.models.create(name, num_classes=10)

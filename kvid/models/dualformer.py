@@ -1,0 +1,293 @@
+"""DualFormer: local-global stratified Transformer for video.
+
+Liang et al., "DualFormer: Local-Global Stratified Transformer for Efficient Video Recognition"
+(arXiv 2112.04674), code `sail-sg/dualformer` (`mmaction/models/backbones/dualformer.py`). Four
+stages of pre-norm Transformer layers that alternate LW-MSA (attention inside 3D windows, even
+layers) and GP-MSA (attention to keys pooled from the whole clip, odd layers), each followed by
+an MLP (ratio 4, exact GELU). A depthwise 3x3x3 PEG follows layer 0 of every stage. The stem is a
+`(2, 4, 4)` tubelet embedding, every later stage starts with a `(1, 2, 2)` one, each followed by
+LayerNorm; the head (mmaction `I3DHead`) is the backbone's final LayerNorm, a global average
+pool, dropout and a linear layer.
+
+Window and pyramid kernels follow from the input size, so a reduced input is the preset plus
+matching `window_sizes` / `fine_pyramid_sizes` / `coarse_pyramid_sizes` overrides. The int8
+presets keep every softmax at <= 64 keys (DESIGN.md section 7). `conv_stem` (not in the
+reference) puts 3x3 stride-2 convolutions before the tubelet embedding, for small training sets.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kvid.backend import keras
+from kvid.layers import (
+    PEG,
+    DropPath,
+    FrameConv,
+    GlobalPyramidAttention,
+    LayerNorm,
+    LocalWindowAttention,
+    Normalize,
+    TubeletConv,
+)
+from kvid.layers.stratified_attention import (
+    COARSE_FIRST_KERNEL,
+    LINEAR_INITIALIZER,
+    check_window,
+    pyramid_kernels,
+    pyramid_tiles,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # mmaction's img_norm_cfg, on [0, 1] inputs
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Fields every preset has, with their defaults (the reference's DualFormer-T at 32x224x224).
+# Per-stage fields are tuples with one entry per stage.
+DEFAULTS = dict(
+    num_frames=32,
+    image_size=224,
+    input_mean=IMAGENET_MEAN,
+    input_std=IMAGENET_STD,
+    patch_size=(2, 4, 4),
+    conv_stem=(),  # channels of 3x3 stride-2 per-frame conv+BN+ReLU6 layers before the patches
+    embed_dims=(64, 128, 256, 512),
+    num_heads=(2, 4, 8, 16),
+    depths=(2, 2, 10, 4),
+    mlp_ratios=(4, 4, 4, 4),
+    temporal_strides=(1, 1, 1, 1),  # temporal patch of stages 1..3 (entry 0 is patch_size[0])
+    window_sizes=((8, 7, 7),) * 4,
+    fine_pyramid_sizes=((8, 7, 7),) * 3 + ((16, 7, 7),),
+    coarse_pyramid_sizes=((4, 4, 4), (4, 4, 4), None, None),  # the reference: stages 0-1 only
+    coarse_first_kernel=COARSE_FIRST_KERNEL,
+    qkv_bias=True,
+    qk_scale=None,
+    peg_form="full",
+    drop_path_rate=0.1,
+    dropout_rate=0.5,
+    epsilon=1e-5,
+    bn_epsilon=1e-5,
+)
+_PER_STAGE = ("embed_dims", "num_heads", "depths", "mlp_ratios", "temporal_strides",
+              "window_sizes", "fine_pyramid_sizes", "coarse_pyramid_sizes")  # fmt: skip
+
+PRESETS = {
+    # The reference configs (configs/_base_/models/dualformer/dualformer_{tiny,small,base}.py and
+    # the recognition configs' drop path), 32 frames at 224x224 (4 views x 1 crop at test time).
+    "dualformer_tiny": dict(drop_path_rate=0.1),
+    "dualformer_small": dict(
+        embed_dims=(96, 192, 384, 768), num_heads=(3, 6, 12, 24), depths=(2, 2, 18, 2),
+        drop_path_rate=0.2,
+    ),
+    "dualformer_base": dict(
+        embed_dims=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32), depths=(2, 2, 18, 2),
+        drop_path_rate=0.3,
+    ),
+    # Mobile presets (int8 CPU): the reference layout (head_dim 32, ratio-4 MLPs, alternating
+    # LW/GP, PEG) at 8-16 frames of 128x128, with windows of 32 keys and pyramids of 32 + 16 keys,
+    # so every int8 softmax spans at most 64 keys: the int8 SOFTMAX's 1/256 output step does not
+    # hold the reference's 392-784 (measured on dualformer_cpu, PTQ: softmax relative RMSE
+    # 0.18-0.25 with 256-key windows and pyramids, 0.02-0.03 with 32-36 keys).
+    "dualformer_mobile_s": dict(
+        num_frames=8, image_size=128, embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8),
+        depths=(2, 2, 6, 2), window_sizes=((2, 4, 4),) * 4,
+        fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 4, 4), (4, 4, 4)),
+        coarse_pyramid_sizes=((1, 4, 4), (1, 4, 4), None, None), coarse_first_kernel=(1, 4, 4),
+        drop_path_rate=0.05, dropout_rate=0.2,
+    ),
+    "dualformer_mobile_m": dict(
+        num_frames=16, image_size=128, embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8),
+        depths=(2, 2, 6, 2), window_sizes=((2, 4, 4),) * 4,
+        fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 4, 4), (4, 4, 4)),
+        coarse_pyramid_sizes=((1, 4, 4), (1, 4, 4), None, None), coarse_first_kernel=(1, 4, 4),
+        drop_path_rate=0.1, dropout_rate=0.2,
+    ),
+    # Trains on a laptop CPU in minutes on the embedded dataset (8 frames of 64x64): the golden
+    # configuration's widths, 32-key windows, 36/32/32/16-key pyramids, and a convolutional stem
+    # (two 3x3 stride-2 convs, then 2-frame tubelets), which fitted 128 training clips faster
+    # than the (2, 4, 4) patchify stem (loss 2.16 vs 2.38 after 64 Adam steps).
+    "dualformer_cpu": dict(
+        num_frames=8, image_size=64, conv_stem=(16, 16), patch_size=(2, 1, 1),
+        embed_dims=(16, 32, 64, 128), num_heads=(1, 1, 2, 4),
+        depths=(2, 2, 2, 2), window_sizes=((2, 4, 4),) * 3 + ((4, 2, 2),),
+        fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 4, 4), (4, 2, 2)),
+        coarse_pyramid_sizes=((1, 2, 2), None, None, None), coarse_first_kernel=(1, 4, 4),
+        drop_path_rate=0.05, dropout_rate=0.1,
+    ),
+}  # fmt: skip
+
+
+def resolve_config(name: str, overrides: dict) -> dict:
+    """The preset's fields with `overrides` applied; unknown keys are a clear error."""
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"Unknown override(s) {unknown} for preset {name!r}; valid fields: {sorted(DEFAULTS)}."
+        )
+    config = {**DEFAULTS, **PRESETS[name], **overrides}
+    check_config(name, config)
+    return config
+
+
+def stage_resolutions(config: dict) -> list[tuple[int, int, int]]:
+    """`(frames, height, width)` of every stage's feature map."""
+    p_t, p_h, _ = config["patch_size"]
+    frames = config["num_frames"] // p_t
+    size = config["image_size"] // 2 ** len(config["conv_stem"]) // p_h
+    resolutions = []
+    for stage in range(len(config["depths"])):
+        if stage > 0:
+            frames, size = frames // config["temporal_strides"][stage], size // 2
+        resolutions.append((frames, size, size))
+    return resolutions
+
+
+def check_config(name: str, config: dict, exact_pyramids: bool = True) -> None:
+    """Raises a ValueError naming the preset, stage and field of any size that does not fit.
+
+    Args:
+      exact_pyramids: also require every pyramid pooling to tile its map (presets); a reference
+        configuration may pool with a remainder, which PyTorch drops, and so does kvid.
+    """
+    stages = len(config["depths"])
+    for field in _PER_STAGE:
+        if len(config[field]) != stages:
+            raise ValueError(f"{name}: {field} needs {stages} entries (one per stage).")
+    p_t, p_h, p_w = config["patch_size"]
+    frames, size = config["num_frames"], config["image_size"]
+    if size % 2 ** len(config["conv_stem"]):
+        raise ValueError(f"{name}: image_size {size} is not divisible by the conv stem's stride.")
+    size //= 2 ** len(config["conv_stem"])
+    if p_h != p_w or frames % p_t or size % p_h:
+        raise ValueError(
+            f"{name}: the {frames}x{size}x{size} input is not divisible by patch_size "
+            f"{tuple(config['patch_size'])}."
+        )
+    if size // p_h % 2 ** (stages - 1):
+        raise ValueError(
+            f"{name}: image_size {config['image_size']} is not divisible by the total spatial "
+            f"stride {p_h * 2 ** (stages - 1 + len(config['conv_stem']))}."
+        )
+    t = frames // p_t
+    for stage in range(1, stages):
+        if t % config["temporal_strides"][stage]:
+            raise ValueError(
+                f"{name}: stage {stage}: {t} frames not divisible by temporal stride "
+                f"{config['temporal_strides'][stage]}."
+            )
+        t //= config["temporal_strides"][stage]
+    for stage, resolution in enumerate(stage_resolutions(config)):
+        dim, heads = config["embed_dims"][stage], config["num_heads"][stage]
+        if dim % heads:
+            raise ValueError(f"{name}: stage {stage}: embed_dims {dim} not divisible by {heads}.")
+        where = f"{name}: stage {stage} window_sizes"
+        if config["depths"][stage] > 0:
+            check_window(config["window_sizes"][stage], resolution, where)
+        if config["depths"][stage] > 1:
+            where = f"{name}: stage {stage} fine_pyramid_sizes/coarse_pyramid_sizes"
+            kernels = pyramid_kernels(
+                resolution, config["fine_pyramid_sizes"][stage],
+                config["coarse_pyramid_sizes"][stage], config["coarse_first_kernel"], where,
+            )  # fmt: skip
+            if exact_pyramids and not pyramid_tiles(resolution, kernels):
+                raise ValueError(
+                    f"{where}: the pyramid poolings {kernels} do not tile the "
+                    f"{'x'.join(map(str, resolution))} feature map."
+                )
+    if config["peg_form"] not in ("full", "factorized"):
+        raise ValueError(f"{name}: peg_form must be 'full' or 'factorized'.")
+
+
+def num_keys(config: dict) -> list[list[int]]:
+    """Keys each attention softmax spans, per stage and layer (LW: window, GP: pooled)."""
+    keys = []
+    for stage, resolution in enumerate(stage_resolutions(config)):
+        window = math.prod(config["window_sizes"][stage])
+        pooled = pyramid_kernels(
+            resolution, config["fine_pyramid_sizes"][stage],
+            config["coarse_pyramid_sizes"][stage], config["coarse_first_kernel"],
+        )["num_keys"]  # fmt: skip
+        keys.append([window if j % 2 == 0 else pooled for j in range(config["depths"][stage])])
+    return keys
+
+
+def _linear_init():
+    """A fresh initializer per layer (an unseeded Keras initializer repeats its values)."""
+    return keras.initializers.get(LINEAR_INITIALIZER)
+
+
+def _layer(x, cfg: dict, stage: int, index: int, drop_path: float, name: str):
+    """Pre-norm layer: `x + Attn(LN(x))`, then `x + MLP(LN(x))`; LW at even, GP at odd index."""
+    dim = x.shape[-1]
+    y = LayerNorm(cfg["epsilon"], name=f"{name}_norm1")(x)
+    common = dict(qkv_bias=cfg["qkv_bias"], qk_scale=cfg["qk_scale"], name=f"{name}_attn")
+    if index % 2 == 0:
+        y = LocalWindowAttention(
+            cfg["num_heads"][stage], cfg["window_sizes"][stage], **common
+        )(y)  # fmt: skip
+    else:
+        y = GlobalPyramidAttention(
+            cfg["num_heads"][stage],
+            cfg["fine_pyramid_sizes"][stage],
+            cfg["coarse_pyramid_sizes"][stage],
+            cfg["coarse_first_kernel"],
+            epsilon=cfg["epsilon"],
+            bn_epsilon=cfg["bn_epsilon"],
+            **common,
+        )(y)
+    if drop_path > 0:
+        y = DropPath(drop_path, name=f"{name}_drop_path1")(y)
+    x = keras.layers.Add(name=f"{name}_add1")([x, y])
+    y = LayerNorm(cfg["epsilon"], name=f"{name}_norm2")(x)
+    y = keras.layers.Dense(
+        int(dim * cfg["mlp_ratios"][stage]), kernel_initializer=_linear_init(), name=f"{name}_fc1"
+    )(y)
+    y = keras.layers.Activation("gelu", name=f"{name}_gelu")(y)  # exact (erf) GELU
+    y = keras.layers.Dense(dim, kernel_initializer=_linear_init(), name=f"{name}_fc2")(y)
+    if drop_path > 0:
+        y = DropPath(drop_path, name=f"{name}_drop_path2")(y)
+    return keras.layers.Add(name=f"{name}_add2")([x, y])
+
+
+def backbone_tensors(inputs, cfg: dict) -> tuple[keras.KerasTensor, dict]:
+    """Normalize, stages and the final LayerNorm; returns (features, endpoints)."""
+    x = Normalize(cfg["input_mean"], cfg["input_std"], name="normalize")(inputs)
+    endpoints = {}
+    for index, channels in enumerate(cfg["conv_stem"]):
+        x = FrameConv(channels, 3, strides=2, activation="relu6", bn_epsilon=cfg["bn_epsilon"],
+                      name=f"conv_stem{index}")(x)  # fmt: skip
+    total = sum(cfg["depths"])
+    done = 0
+    for stage, depth in enumerate(cfg["depths"]):
+        kernel = cfg["patch_size"] if stage == 0 else (cfg["temporal_strides"][stage], 2, 2)
+        x = TubeletConv(cfg["embed_dims"][stage], kernel, name=f"stage{stage}_embed")(x)
+        x = LayerNorm(cfg["epsilon"], name=f"stage{stage}_embed_norm")(x)
+        endpoints[f"patch_embed{stage}"] = x
+        for index in range(depth):
+            # the reference's linear stochastic-depth ramp from 0 over all layers
+            drop_path = cfg["drop_path_rate"] * (done + index) / max(total - 1, 1)
+            x = _layer(x, cfg, stage, index, drop_path, f"stage{stage}_layer{index}")
+            if index == 0:
+                x = PEG(3, cfg["peg_form"], name=f"stage{stage}_peg")(x)
+                endpoints[f"stage{stage}_block0_after_peg"] = x
+        done += depth
+        endpoints[f"stage{stage}_out"] = x
+    x = LayerNorm(cfg["epsilon"], name="norm")(x)
+    endpoints["backbone_out"] = x
+    return x, endpoints
+
+
+def build(name: str, cfg: dict, num_classes: int | None) -> keras.Model:
+    """The classifier (or, with `num_classes=None`, the pooled backbone features) as one flat
+    functional graph."""
+    size = cfg["image_size"]
+    inputs = keras.Input((cfg["num_frames"], size, size, 3), name="video")
+    features, endpoints = backbone_tensors(inputs, cfg)
+    x = keras.layers.GlobalAveragePooling3D(name="pool")(features)
+    if num_classes is not None:
+        if cfg["dropout_rate"] > 0:
+            x = keras.layers.Dropout(cfg["dropout_rate"], name="head_dropout")(x)
+        x = keras.layers.Dense(num_classes, kernel_initializer=_linear_init(), name="logits")(x)
+    model = keras.Model(inputs, x, name=name)
+    # Layer names of the intermediate tensors (for feature extraction and parity checks).
+    model.kvid_endpoints = {k: v._keras_history.layer.name for k, v in endpoints.items()}
+    return model

@@ -1,0 +1,270 @@
+"""DualFormer: golden parity with the reference code, presets, costs, QAT and int8."""
+
+import json
+
+import numpy as np
+import pytest
+
+import kvid
+from kvid.backend import keras, tf
+from kvid.models import dualformer
+from tests.conftest import REPO_ROOT
+
+REFERENCE_PRESETS = {  # backbone params / matrix-op MACs per 32x224x224 view (DESIGN.md section 6)
+    "dualformer_tiny": (21.77e6, 59.86e9),
+    "dualformer_small": (48.91e6, 158.26e9),
+    "dualformer_base": (86.84e6, 267.39e9),
+}
+MOBILE_PRESETS = ("dualformer_mobile_s", "dualformer_mobile_m")
+# Reduced inputs: each preset plus the windows/pyramids that tile its maps (32x64x64 and 8x64x64).
+SMALL_INPUTS = {
+    "dualformer_tiny": dict(
+        num_frames=16, image_size=64, window_sizes=((8, 4, 4),) * 3 + ((8, 2, 2),),
+        fine_pyramid_sizes=((8, 4, 4), (8, 4, 4), (8, 2, 2), (16, 2, 2)),
+        coarse_pyramid_sizes=((4, 2, 2), (4, 2, 2), None, None), coarse_first_kernel=(1, 4, 4),
+    ),
+    "dualformer_mobile_s": dict(image_size=64, window_sizes=((2, 4, 4),) * 3 + ((2, 2, 2),),
+                                fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 2, 2), (4, 2, 2)),
+                                coarse_pyramid_sizes=((1, 2, 2), None, None, None)),
+    "dualformer_mobile_m": dict(image_size=64, num_frames=8, window_sizes=((2, 4, 4),) * 3 + ((2, 2, 2),),
+                                fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 2, 2), (4, 2, 2)),
+                                coarse_pyramid_sizes=((1, 2, 2), None, None, None)),
+    "dualformer_cpu": {},
+}  # fmt: skip
+SMALL_INPUTS["dualformer_small"] = SMALL_INPUTS["dualformer_base"] = SMALL_INPUTS["dualformer_tiny"]
+GOLDEN_TAPS = ("patch_embed0", "stage0_block0_after_peg", "stage0_out", "stage2_out",
+               "backbone_out")  # fmt: skip
+
+
+def _tolerance(reference):
+    return 2e-5 * max(1.0, float(np.abs(reference).max()))
+
+
+def _load_golden(golden_dir, name):
+    arrays = np.load(golden_dir / f"{name}.npz")
+    meta = json.loads((golden_dir / f"{name}.json").read_text())
+    state_dict = {
+        k: arrays[k]
+        for k in arrays.files
+        if k not in ("input_uint8", "logits") and not k.startswith("feat__")
+    }
+    return arrays, meta, state_dict
+
+
+def _reference(meta):
+    return {"family": meta["family"], "constructor": meta["constructor"]}
+
+
+@pytest.fixture(scope="module")
+def golden():
+    """The golden configuration built once from its reference configuration and weights."""
+    from tests.conftest import GOLDEN_DIR
+
+    if not GOLDEN_DIR.is_dir():
+        pytest.skip(f"golden data not found at {GOLDEN_DIR}")
+    arrays, meta, state_dict = _load_golden(GOLDEN_DIR, "dualformer")
+    model = kvid.models.from_reference(_reference(meta), state_dict)
+    return arrays, meta, state_dict, model
+
+
+def test_golden_parity_logits_and_intermediates(golden):
+    arrays, meta, _, model = golden
+    assert kvid.profile.count_params(model) == meta["parameter_count"]
+    x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
+    taps = [model.get_layer(model.kvid_endpoints[name]).output for name in GOLDEN_TAPS]
+    results = keras.Model(model.input, taps + [model.output])(x, training=False)
+    for name, value in zip(GOLDEN_TAPS, results[:-1], strict=False):
+        expected = arrays[f"feat__{name}"]
+        assert np.abs(value.numpy() - expected).max() <= _tolerance(expected), name
+    assert np.abs(results[-1].numpy() - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+
+
+def test_golden_parity_fails_on_a_porting_mistake(golden):
+    """A PEG whose time taps are reversed (a subtle porting mistake) breaks parity."""
+    arrays, _, _, model = golden
+    x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
+    stage0 = keras.Model(model.input, model.get_layer("stage0_peg").output)
+    peg = model.get_layer("stage0_peg").spatial
+    kernel = peg.get_weights()[0]
+    expected = arrays["feat__stage0_block0_after_peg"]
+    try:
+        peg.set_weights([kernel[..., ::-1]])
+        assert np.abs(stage0(x, training=False).numpy() - expected).max() > 10 * _tolerance(
+            expected
+        )
+    finally:
+        peg.set_weights([kernel])
+
+
+def test_from_reference_rejects_unused_missing_or_unsupported(golden):
+    from kvid.models import dualformer_reference
+    from kvid.models.reference import StateDict
+
+    _, meta, state_dict, model = golden
+    cfg = dict(dualformer.DEFAULTS, **dualformer_reference.reference_config(
+        meta["constructor"]["backbone_kwargs"], None, None, (0, 0, 0), (1, 1, 1)))  # fmt: skip
+    weights = model.get_weights()
+    with pytest.raises(ValueError, match="not loaded.*extra"):
+        dualformer_reference.load_weights(model, cfg, StateDict(dict(state_dict, extra=[0.0])))
+    missing = {k: v for k, v in state_dict.items() if k != "backbone.pos_block.3.proj.0.bias"}
+    with pytest.raises(KeyError, match="pos_block.3.proj.0.bias"):
+        dualformer_reference.load_weights(model, cfg, StateDict(missing))
+    model.set_weights(weights)
+    constructor = dict(meta["constructor"])
+    constructor["backbone_kwargs"] = dict(constructor["backbone_kwargs"], in_chans=2)
+    with pytest.raises(ValueError, match="in_chans"):
+        kvid.models.from_reference({"family": "dualformer", "constructor": constructor}, {})
+    constructor["backbone_kwargs"] = dict(meta["constructor"]["backbone_kwargs"],
+                                          local_sizes=[[8, 7, 7]] * 3 + [[8, 4, 4]])  # fmt: skip
+    with pytest.raises(ValueError, match="stage 3 window_sizes"):
+        kvid.models.from_reference({"family": "dualformer", "constructor": constructor}, {})
+
+
+VARIANTS = sorted(p.stem for p in (REPO_ROOT / "tests" / "golden").glob("dualformer_*.json"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_from_reference_builds_other_reference_configurations(variant):
+    """Other widths, depths, stage counts, frame counts, pyramids and batch 2, each checked
+    against the reference PyTorch code's logits (tests/golden/, made with its constructor)."""
+    arrays, meta, state_dict = _load_golden(REPO_ROOT / "tests" / "golden", variant)
+    model = kvid.models.from_reference(_reference(meta), state_dict)
+    x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
+    logits = model(x, training=False).numpy()
+    assert np.abs(logits - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REFERENCE_PRESETS))
+def test_reference_presets_match_reference_params_and_macs(name):
+    ref_params, ref_macs = REFERENCE_PRESETS[name]
+    report = kvid.profile.profile(kvid.models.create(name, num_classes=None))
+    assert abs(report.params / ref_params - 1) < 0.01, report.params
+    assert abs(report.macs / ref_macs - 1) < 0.02, report.macs
+
+
+def test_reference_softmax_spans_and_mobile_presets_stay_small():
+    keys = dualformer.num_keys(kvid.models.get_preset("dualformer_tiny"))
+    assert [stage[:2] for stage in keys] == [[392, 456], [392, 456], [392, 392], [392, 784]]
+    for name in (*MOBILE_PRESETS, "dualformer_cpu"):
+        assert max(max(stage) for stage in dualformer.num_keys(kvid.models.get_preset(name))) <= 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MOBILE_PRESETS)
+def test_mobile_presets_are_in_the_mobile_regime(name):
+    cfg = kvid.models.get_preset(name)
+    assert 8 <= cfg["num_frames"] <= 16
+    macs = kvid.profile.count_macs(kvid.models.create(name, num_classes=None))
+    assert 0.5e9 <= macs <= 2e9, macs
+
+
+@pytest.mark.parametrize("name", kvid.models.list_presets("dualformer"))
+def test_every_preset_builds_and_runs_at_a_small_input(name):
+    model = kvid.models.create(name, num_classes=5, **SMALL_INPUTS[name])
+    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
+    logits = model(x, training=False).numpy()
+    assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", kvid.models.list_presets("dualformer"))
+def test_every_preset_runs_at_its_own_input(name):
+    model = kvid.models.create(name, num_classes=None)
+    x = np.random.default_rng(0).random((1, *model.input_shape[1:]), dtype=np.float32)
+    features = model(x, training=False).numpy()
+    assert features.shape == (1, kvid.models.get_preset(name)["embed_dims"][-1])
+    assert np.all(np.isfinite(features))
+
+
+def test_cpu_preset_is_one_flat_graph_without_conv3d_and_roundtrips_through_json():
+    model = kvid.models.create("dualformer_cpu", num_classes=14)
+    assert model.input_shape == (None, 8, 64, 64, 3) and model.output_shape == (None, 14)
+    assert not [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    assert not [layer.name for layer in model.layers if "Lambda" in type(layer).__name__]
+    graph = (
+        tf.function(lambda v: model(v, training=False))
+        .get_concrete_function(tf.TensorSpec((1, 8, 64, 64, 3)))
+        .graph
+    )
+    ops = graph.get_operations()
+    assert not [op.type for op in ops if op.type.startswith("Conv3D")]
+    assert max(op.inputs[0].shape.rank for op in ops if op.type == "Transpose") <= 6
+    assert max(op.inputs[0].shape.rank for op in ops if op.type.startswith("BatchMatMul")) <= 4
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    x = np.random.default_rng(1).random((1, 8, 64, 64, 3), dtype=np.float32)
+    np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_config_errors_name_the_stage_and_field():
+    with pytest.raises(ValueError, match=r"Unknown override\(s\) \['windows'\].*valid fields"):
+        kvid.models.create("dualformer_cpu", num_classes=3, windows=2)
+    with pytest.raises(
+        ValueError, match="stage 0 window_sizes: window \\(8, 7, 7\\) does not tile"
+    ):
+        kvid.models.create("dualformer_tiny", num_classes=3, image_size=64)
+    with pytest.raises(ValueError, match="stage 0 fine_pyramid_sizes.*do not tile"):
+        kvid.models.create("dualformer_cpu", num_classes=3,
+                           fine_pyramid_sizes=((2, 3, 3), (2, 4, 4), (2, 4, 4), (4, 2, 2)))  # fmt: skip
+    with pytest.raises(ValueError, match="window_sizes needs 4 entries"):
+        kvid.models.create("dualformer_cpu", num_classes=3, window_sizes=((2, 4, 4),))
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        kvid.models.create("dualformer_cpu", num_classes=3, num_frames=7)
+
+
+def _qat_train_step(qat, x, labels):
+    """One eager SGD step of a QAT model (a compiled `fit` traces the whole graph: much slower)."""
+    before = [w.numpy().copy() for w in qat.trainable_weights]
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(labels, qat(x, training=True))
+    grads = tape.gradient(loss, qat.trainable_weights)
+    keras.optimizers.SGD(1e-2).apply_gradients(zip(grads, qat.trainable_weights))
+    assert np.isfinite(loss.numpy())
+    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, qat.trainable_weights))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", [n for n in kvid.models.list_presets("dualformer") if n != "dualformer_cpu"]
+)
+def test_qat_entry_point_on_every_preset(name):
+    model = kvid.models.create(name, num_classes=4, **SMALL_INPUTS[name])
+    qat = kvid.quantization.quantize_model(model)
+    assert qat.input_shape == model.input_shape and qat.output_shape == model.output_shape
+    wrapped = qat.get_layer("quant_stage0_layer1_attn").layer
+    assert wrapped.quantized and "scores" in wrapped._ranges and "fine" in wrapped._ranges
+    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
+    _qat_train_step(qat, x, np.array([0, 1]))
+    assert np.all(np.isfinite(qat(x, training=False).numpy()))
+
+
+def test_cpu_preset_qat_and_int8_has_int8_io_zero_float_ops_and_tracks_float():
+    """The QAT entry point on the CPU preset, then its int8 conversion (the main job's path)."""
+    from kvid_tflite.audit import audit_model, check_int8
+    from tests.kvid.quantization.test_quantization import (
+        convert_int8,
+        cosine,
+        int8_vs_keras_cosines,
+        smooth_clips,
+    )
+
+    model = kvid.models.create("dualformer_cpu", num_classes=14)
+    qat = kvid.quantization.quantize_model(model)
+    assert qat.input_shape == model.input_shape and qat.output_shape == model.output_shape
+    wrapped = qat.get_layer("quant_stage0_layer1_attn").layer
+    assert wrapped.quantized and {"scores", "fine", "coarse"} <= set(wrapped._ranges)
+    assert qat.get_layer("quant_stage0_peg").layer._ranges  # in-layer requantization points
+    calibration = smooth_clips(model.input_shape[1:], 8, seed=1)
+    kvid.quantization.calibrate(qat, calibration)
+    x = calibration[0]
+    # fake quantization only rounds: the QAT model still computes the float model's function
+    assert cosine(qat(x, training=False).numpy(), model(x, training=False).numpy()) > 0.98
+    _qat_train_step(qat, np.concatenate(calibration[:2]), np.array([0, 1]))
+    tflite_bytes = convert_int8(qat, calibration)
+    audit = audit_model(tflite_bytes)
+    check_int8(audit)
+    assert audit["float_ops"] == []
+    cosines = int8_vs_keras_cosines(tflite_bytes, qat, smooth_clips(model.input_shape[1:], 4, 2))
+    assert np.mean(cosines) >= 0.99, cosines
