@@ -37,6 +37,7 @@ from kvid.layers.stratified_attention import (
     pyramid_kernels,
     pyramid_tiles,
 )
+from kvid.models.presets import merge_preset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # mmaction's img_norm_cfg, on [0, 1] inputs
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -118,12 +119,7 @@ PRESETS = {
 
 def resolve_config(name: str, overrides: dict) -> dict:
     """The preset's fields with `overrides` applied; unknown keys are a clear error."""
-    unknown = sorted(set(overrides) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"Unknown override(s) {unknown} for preset {name!r}; valid fields: {sorted(DEFAULTS)}."
-        )
-    config = {**DEFAULTS, **PRESETS[name], **overrides}
+    config = merge_preset(name, DEFAULTS, PRESETS, overrides)
     check_config(name, config)
     return config
 

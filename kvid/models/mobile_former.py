@@ -30,6 +30,7 @@ from kvid.layers import (
     PooledTokenConcat,
 )
 from kvid.layers.temporal_stack import TemporalStack
+from kvid.models.presets import merge_preset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -190,12 +191,7 @@ PRESETS = {
 
 def resolve_config(name: str, overrides: dict) -> dict:
     """The preset's fields with `overrides` applied; unknown keys are a clear error."""
-    unknown = sorted(set(overrides) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"Unknown override(s) {unknown} for preset {name!r}; valid fields: {sorted(DEFAULTS)}."
-        )
-    config = {**DEFAULTS, **PRESETS[name], **overrides}
+    config = merge_preset(name, DEFAULTS, PRESETS, overrides)
     config["blocks"] = tuple(Block(*b) for b in config["blocks"])
     _check_config(name, config)
     return config

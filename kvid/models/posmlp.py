@@ -36,6 +36,7 @@ from kvid.layers import (
     PoTGU,
 )
 from kvid.layers.positional_gating import FORMS, LAYOUTS, NORMS, PositionalGating
+from kvid.models.presets import merge_preset
 
 BLOCK_TYPES = ("parallel", "sequential", "joint")
 STEMS = ("reference", "patch")
@@ -111,12 +112,7 @@ PRESETS = {
 
 def resolve_config(name: str, overrides: dict) -> dict:
     """The preset's fields with `overrides` applied; unknown keys are a clear error."""
-    unknown = sorted(set(overrides) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"Unknown override(s) {unknown} for preset {name!r}; valid fields: {sorted(DEFAULTS)}."
-        )
-    config = {**DEFAULTS, **PRESETS[name], **overrides}
+    config = merge_preset(name, DEFAULTS, PRESETS, overrides)
     for key in ("embed_dims", "depths", "window_sizes", "temporal_windows", "gammas", "downsample"):
         config[key] = tuple(config[key])
     check_config(name, config)

@@ -26,6 +26,7 @@ from kvid.layers import (
     TemporalShift,
 )
 from kvid.layers.space_time_mixing import vit_initializer
+from kvid.models.presets import merge_preset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,12 +100,7 @@ PRESETS = {
 
 def resolve_config(name: str, overrides: dict) -> dict:
     """The preset's fields with `overrides` applied; unknown keys are a clear error."""
-    unknown = sorted(set(overrides) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"Unknown override(s) {unknown} for preset {name!r}; valid fields: {sorted(DEFAULTS)}."
-        )
-    config = {**DEFAULTS, **PRESETS[name], **overrides}
+    config = merge_preset(name, DEFAULTS, PRESETS, overrides)
     config["conv_stem"] = tuple(int(c) for c in config["conv_stem"])
     if config["shift_blocks"] is not None:
         config["shift_blocks"] = tuple(int(i) for i in config["shift_blocks"])
