@@ -43,7 +43,7 @@ from kvid_training import prepare
 
 GENERATOR_NAME = "kvid-synthetic"
 # Bump whenever a change alters generated pixels: ensure_default_dataset regenerates on mismatch.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 NUM_FRAMES = 16
 FRAME_SIZE = (72, 72)
 FPS = 12
@@ -201,17 +201,22 @@ def _plan_appear(sc: _Scene) -> list[Track]:
 
 
 def _plan_rotate_clockwise(sc: _Scene) -> list[Track]:
-    # Increasing angle is clockwise on screen (y points down). The direction is only visible if
-    # the texture under any pixel moves by well under half its period between sampled frames: at
-    # stride 2 the rim (up to 1.23 radii out, at square corners) moves `1.23 * step` radii against
-    # a stripe period of `2 / frequency` radii, so at most 80 degrees per clip keeps that ratio
-    # below 0.3 for the finest texture (faster turns alias into the opposite direction).
-    # The turning object is always notched (other classes draw notched objects too, so the shape
-    # tells nothing about the class): a turn of a symmetric silhouette shows only in its texture's
-    # fine motion, which the small presets do not learn to read, while the notch travels 10-20
-    # pixels around the centre, a motion at the scale of the other classes'.
-    sprite = dataclasses.replace(sc.sprite((9, 15)), shape="notched")
-    total = np.deg2rad(sc.uniform(50, 80))
+    # Increasing angle is clockwise on screen (y points down). The turning object is always
+    # notched (other classes draw notched objects too, so the shape tells nothing about the
+    # class): a turn of a symmetric silhouette shows only in its texture's fine motion, which the
+    # small presets do not learn to read, while the notch travels 20-35 pixels around the centre,
+    # a motion at the scale of the other classes'. Its texture must not alias in time: at stride 2
+    # the rim moves `step` radii per sampled frame against a stripe period of `2 / frequency`
+    # radii, so the turn (at most 160 degrees, 21 per sampled frame) is paired with coarse stripes
+    # or checkers (frequency at most 1.25) to keep that ratio below 0.3 (faster turns alias into
+    # the opposite direction). The smooth-noise texture has no such bound and is not used here.
+    sprite = dataclasses.replace(
+        sc.sprite((9, 15)),
+        shape="notched",
+        texture=str(sc.rng.choice(["stripes", "checker"])),
+        frequency=sc.uniform(0.8, 1.25),
+    )
+    total = np.deg2rad(sc.uniform(100, 160))
     x = sc.uniform(0.3, 0.7) * sc.width + sc.drift(0.2)
     y = sc.uniform(0.3, 0.7) * sc.height + sc.drift(0.2)
     return [sc.track(sprite, x, y, angle=sc.uniform(0, 2 * np.pi) + total * sc.s)]
