@@ -15,6 +15,12 @@ class LayerNorm(QuantizableLayer):
     rsqrt, mul, add) converts to int8 MEAN/SUB/MUL/ADD/RSQRT at every rank. In QAT mode the
     centred values and the variance are fake-quantized where TFLite requantizes them.
 
+    The int8 variance has one scale per tensor, so a token whose variance is below half a step
+    (next to a token with a large one) rounds to 0, and `rsqrt(0 + epsilon)` multiplies its centred
+    values by up to 316: QAT diverges and int8 saturates. In QAT mode epsilon is therefore raised
+    to one step of the variance's range, `max(epsilon, range / 255)`: such tokens are damped rather
+    than blown up, the same way in training and in the int8 model (the range is a constant there).
+
     Args:
       epsilon: added to the variance (PyTorch default 1e-5; the Keras default is 1e-3).
       center: learn a bias `beta`.
@@ -57,12 +63,20 @@ class LayerNorm(QuantizableLayer):
         centered = self.fq("centered", centered, training)
         variance = tf.reduce_mean(centered * centered, axis=-1, keepdims=True)
         variance = self.fq("variance", variance, training)
-        outputs = centered * tf.math.rsqrt(variance + self.epsilon)
+        outputs = centered * tf.math.rsqrt(variance + self.variance_floor())
         if self.gamma is not None:
             outputs = outputs * self.gamma
         if self.beta is not None:
             outputs = outputs + self.beta
         return outputs
+
+    def variance_floor(self):
+        """The epsilon added to the variance: `epsilon`, or one int8 step of it in QAT mode."""
+        if not self.quantized:
+            return self.epsilon
+        # Read after `fq` has updated the range (variables are read in program order).
+        ranges = self._ranges["variance"]
+        return tf.maximum(self.epsilon, (ranges["max"] - ranges["min"]) / 255.0)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -232,6 +232,30 @@ def test_quantized_layer_fake_quantizes_to_256_levels():
     assert len(np.unique(centered)) <= 256
 
 
+
+def test_quantized_layer_norm_damps_tokens_whose_variance_rounds_to_zero():
+    rng = np.random.default_rng(12)
+    # One loud token (std 30) sets the variance range; the quiet one (std 0.5) keeps its centred
+    # values in int8 but its variance (0.25) is below half a variance step (about 1.8).
+    x = rng.standard_normal((1, 2, 64)).astype(np.float32) * np.array([[[30.0], [0.5]]], np.float32)
+    layer = layers.LayerNorm(quantized=True)
+    layer(x, training=True)
+    variance_max = float(layer._ranges["variance"]["max"].numpy())
+    assert variance_max > 500
+    np.testing.assert_allclose(float(layer.variance_floor()), variance_max / 255, rtol=1e-6)
+    out = layer(x, training=False).numpy()
+    assert np.all(np.isfinite(out))
+    # Without the floor the quiet token would be scaled by rsqrt(1e-5) = 316 (to hundreds); with
+    # it, by at most 1 / sqrt(one variance step).
+    assert np.abs(out[0, 1]).max() > 0
+    assert np.abs(out[0, 1]).max() <= np.abs(x[0, 1]).max() / np.sqrt(variance_max / 255) * 1.5
+    assert np.abs(out[0, 1]).max() < 2.0
+    # The loud token is normalized as in float.
+    loud = x[0, 0] - x[0, 0].mean()
+    np.testing.assert_allclose(out[0, 0], loud / loud.std(), atol=0.1)
+    # Float mode keeps the plain epsilon.
+    assert layers.LayerNorm(epsilon=1e-5).variance_floor() == 1e-5
+
 def test_global_tokens_are_shared_across_the_batch():
     layer = layers.GlobalTokens(4, 8)
     out = layer(np.zeros((3, 2, 4, 4, 3), np.float32)).numpy()
