@@ -108,6 +108,7 @@ def test_vmf_tiny_int8_has_int8_io_zero_float_ops_and_tracks_float(source):
     assert np.mean(cosines) >= 0.99, cosines
 
 
+@pytest.mark.slow  # 1-2 min on 2 cores
 def test_smallest_video_preset_int8_has_zero_float_ops_and_tracks_float():
     model = kvid.models.create("vmf_xs", num_classes=10)
     calibration = smooth_clips(model.input_shape[1:], 8, seed=1)
@@ -117,6 +118,7 @@ def test_smallest_video_preset_int8_has_zero_float_ops_and_tracks_float():
     assert np.mean(cosines) >= 0.99, cosines
 
 
+@pytest.mark.slow  # 1-2 min on 2 cores
 def test_full_bridge_breaks_in_int8_where_the_factorized_one_holds():
     """The int8 softmax trap, measured: the reference bridge over 4x32x32 positions vs ours."""
     results = {}
