@@ -3,10 +3,20 @@
   kvid-convert --workdir=/tmp/run --int8            # QAT export if present, else PTQ
   kvid-convert --workdir=/tmp/run --int8 --ptq      # PTQ even when export/qat exists
   kvid-convert --saved_model=DIR --data_dir=DATA --labels=labels.txt --float16
+  kvid-convert --workdir=/tmp/run --int8 --input_layout=frame_stacked   # Edge TPU input
 
 Writes, next to the `.tflite` (default `WORKDIR/export/model_{mode}.tflite`, `model_int8_ptq`
-with `--ptq`): `<name>.json` (sidecar: labels, input shape, input quantization, normalisation,
-source, mode) and `<name>.report.json` (op audit, per-layer errors, fidelity, latency).
+with `--ptq`, a `_frame_stacked` suffix with `--input_layout=frame_stacked`): `<name>.json`
+(sidecar: labels, input shape and layout, input quantization, normalisation, source, mode) and
+`<name>.report.json` (op audit, per-layer errors, fidelity, latency).
+
+`--input_layout=frame_stacked` exports the input `(1, T * H, W, 3)` instead of the clip
+`(1, T, H, W, 3)`: the T frames stacked along the height axis, `clip.reshape(1, T * H, W, 3)`
+(kvid_tflite.litert). The Edge TPU takes no tensor with 4 dimensions above 1. The SavedModel is
+wrapped in a function that reshapes the stacked input back to the clip; a model whose first op
+frame-stacks the clip (PosMLP-Video's `*_edgetpu` presets) loses both reshapes in conversion and
+keeps no 5-D tensor. Any other model keeps the wrapper's reshape and computes the same values.
+The report's `input.activations_over_3_dims` lists what 5-D activations remain.
 
 `--int8` exits 1 with one line naming the first float op when the graph is not fully int8 with
 int8 I/O (DESIGN.md section 3). The files are still written so that the audit can be read.
@@ -26,7 +36,7 @@ from absl import app, flags
 
 from kvid_tflite import audit as audit_lib
 from kvid_tflite import layer_errors as layer_errors_lib
-from kvid_tflite.litert import TFLiteModel
+from kvid_tflite.litert import INPUT_LAYOUTS, TFLiteModel, layout_input_shape
 from kvid_tflite.metrics import compare_logits
 from kvid_tflite.saved_model import ServingModel, load_serving_model
 from kvid_tflite.workdir import Workdir, WorkdirError, load_workdir, read_labels
@@ -38,15 +48,56 @@ LATENCY_THREADS = (1, 2)
 MIN_COSINE = 0.99  # DESIGN.md section 7 (c): int8 logits vs the float model's
 
 ClipSource = Callable[[], Iterable[np.ndarray]]
+_LAYOUT_TEXT = {
+    "clip": "(batch, frames, height, width, RGB)",
+    "frame_stacked": "(batch, frames * height, width, RGB), frame t on rows t*H to (t+1)*H - 1",
+}
 
 
 # ------------------------------------------------------------------------------------------------
 # Conversion
 # ------------------------------------------------------------------------------------------------
-def _as_clip(clip: np.ndarray, clip_shape: Sequence[int]) -> np.ndarray:
-    """A float32 `(1, T, H, W, 3)` clip from `(T, H, W, 3)` or `(1, T, H, W, 3)`."""
+def _as_input(clip: np.ndarray, input_shape: Sequence[int]) -> np.ndarray:
+    """A float32 model input `(1, *input_shape)` from a clip `(T, H, W, 3)` or `(1, T, H, W, 3)`.
+
+    `input_shape` is the clip itself or its frame-stacked image `(T * H, W, 3)`: reshaping the
+    time-major clip stacks its frames along the height axis (kvid_tflite.litert.stack_frames).
+    """
     clip = np.asarray(clip, np.float32)
-    return clip.reshape((1, *clip_shape))
+    return clip.reshape((1, *input_shape))
+
+
+def _check_layout(input_layout: str) -> None:
+    if input_layout not in INPUT_LAYOUTS:
+        raise ValueError(f"unknown input_layout {input_layout!r}; expected one of {INPUT_LAYOUTS}")
+
+
+def serving_function(model: ServingModel, input_layout: str = "clip") -> Any:
+    """The concrete function to convert: static batch 1, input `video` in `input_layout`.
+
+    "frame_stacked" wraps the signature in a reshape `(1, T * H, W, 3) -> (1, T, H, W, 3)`.
+    When the model's first op is the opposite reshape, the TF 2.21 converter folds the pair into
+    nothing (measured: a reshape of a reshape becomes one reshape, and a reshape to its input's
+    own shape is removed); otherwise the wrapper's reshape stays as op 0.
+    """
+    import tensorflow as tf
+
+    from kvid_tflite.saved_model import INPUT_NAME, OUTPUT_NAME
+
+    _check_layout(input_layout)
+    if input_layout == "clip":
+        return model.static_batch_function(batch_size=1)
+    stacked = layout_input_shape(model.clip_shape, input_layout)
+    spec = tf.TensorSpec([1, *stacked], tf.float32, name=INPUT_NAME)
+    clip_shape, signature = [1, *model.clip_shape], model.signature
+    input_key, output_key = model.input_key, model.output_key
+
+    @tf.function(input_signature=[spec])
+    def serving(video):
+        clip = tf.reshape(video, clip_shape)
+        return {OUTPUT_NAME: signature(**{input_key: clip})[output_key]}
+
+    return serving.get_concrete_function()
 
 
 def make_converter(
@@ -54,6 +105,7 @@ def make_converter(
     mode: str,
     representative: ClipSource | None = None,
     float_io: bool = False,
+    input_layout: str = "clip",
 ) -> Any:
     """A fresh `TFLiteConverter` for `model` at static batch 1.
 
@@ -63,15 +115,18 @@ def make_converter(
       representative: for "int8", a callable returning an iterable of clips (training split);
         full-integer conversion needs one for a QAT model too (DESIGN.md section 2).
       float_io: "int8" only: keep float32 I/O (QuantizationDebugger refuses integer I/O).
+      input_layout: "clip" `(1, T, H, W, 3)` or "frame_stacked" `(1, T * H, W, 3)`; the
+        representative clips stay `(T, H, W, 3)` either way.
 
     A converter is good for one `convert()`: converting a concrete function lowers it to a
     temporary SavedModel, and a second `convert()` on the same object fails in TF 2.21.
     """
     import tensorflow as tf
 
-    function = model.static_batch_function(batch_size=1)
+    function = serving_function(model, input_layout)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model.loaded)
-    return _configure(converter, mode, representative, model.clip_shape, float_io)
+    input_shape = layout_input_shape(model.clip_shape, input_layout)
+    return _configure(converter, mode, representative, input_shape, float_io)
 
 
 def convert_keras_model(
@@ -97,7 +152,7 @@ def _configure(
     converter: Any,
     mode: str,
     representative: ClipSource | None,
-    clip_shape: Sequence[int],
+    input_shape: Sequence[int],
     float_io: bool,
 ) -> Any:
     """Sets a converter up for `mode` (see `make_converter`)."""
@@ -114,7 +169,7 @@ def _configure(
         if representative is None:
             raise ValueError("int8 conversion needs a representative dataset (calibration clips)")
         converter.representative_dataset = lambda: (
-            [_as_clip(clip, clip_shape)] for clip in representative()
+            [_as_input(clip, input_shape)] for clip in representative()
         )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if not float_io:
@@ -125,10 +180,13 @@ def _configure(
 
 
 def convert_saved_model(
-    model: ServingModel, mode: str, representative: ClipSource | None = None
+    model: ServingModel,
+    mode: str,
+    representative: ClipSource | None = None,
+    input_layout: str = "clip",
 ) -> bytes:
     """Converts `model` to `.tflite` bytes (see `make_converter`)."""
-    return make_converter(model, mode, representative).convert()
+    return make_converter(model, mode, representative, input_layout=input_layout).convert()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,9 +200,14 @@ def sidecar(
     labels: Sequence[str],
     normalization: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """What an app needs to feed the model and read its output."""
+    """What an app needs to feed the model and read its output.
+
+    `input.input_layout` ("clip" or "frame_stacked") with `num_frames` and `image_size` say how
+    a `(T, H, W, 3)` clip becomes the input tensor (kvid_tflite.litert.read_input_layout).
+    """
     input_scale, input_zero_point = tflite.input_quantization
     output_scale, output_zero_point = tflite.output_quantization
+    frames, height, width, _ = tflite.clip_shape
     return {
         "mode": mode,
         "source": source,
@@ -156,7 +219,10 @@ def sidecar(
             "shape": list(tflite.input_shape),
             "dtype": tflite.input_dtype.name,
             "range": [0.0, 1.0],
-            "layout": "(batch, frames, height, width, RGB)",
+            "input_layout": tflite.input_layout,
+            "layout": _LAYOUT_TEXT[tflite.input_layout],
+            "num_frames": int(frames),
+            "image_size": [int(height), int(width)],
             # int8 input: q = round(x / scale) + zero_point, x in [0, 1].
             "scale": input_scale,
             "zero_point": input_zero_point,
@@ -177,10 +243,14 @@ def sidecar(
 def fidelity(
     tflite: TFLiteModel, references: dict[str, ServingModel], clips: Sequence[np.ndarray]
 ) -> dict[str, Any]:
-    """Logits cosine and top-1 agreement of the `.tflite` against each SavedModel reference."""
+    """Logits cosine and top-1 agreement of the `.tflite` against each SavedModel reference.
+
+    Both run on the same clips `(N, T, H, W, 3)`; a frame-stacked `.tflite` (built with its
+    `clip_shape`) stacks their frames itself.
+    """
     if not clips:
         return {}
-    video = np.concatenate([_as_clip(c, tflite.input_shape[1:]) for c in clips], axis=0)
+    video = np.concatenate([_as_input(c, tflite.clip_shape) for c in clips], axis=0)
     logits = tflite(video)
     result: dict[str, Any] = {}
     for name, reference in references.items():
@@ -200,16 +270,19 @@ def per_layer_errors(
     debug_clips: Sequence[np.ndarray],
     max_rmse_steps: float,
     max_relative_rmse: float,
+    input_layout: str = "clip",
 ) -> dict[str, Any]:
     """Per-layer error section: QuantizationDebugger for PTQ, tensor matching for QAT."""
-    clips = [_as_clip(clip, model.clip_shape) for clip in debug_clips]
+    input_shape = layout_input_shape(model.clip_shape, input_layout)
+    clips = [_as_input(clip, input_shape) for clip in debug_clips]
     budget = {"max_rmse_steps": max_rmse_steps, "max_relative_rmse": max_relative_rmse}
     note = None
     if source == "ptq":
         try:
-            layers = layer_errors_lib.debugger_layer_errors(
-                make_converter(model, "int8", representative, float_io=True), clips
+            converter = make_converter(
+                model, "int8", representative, float_io=True, input_layout=input_layout
             )
+            layers = layer_errors_lib.debugger_layer_errors(converter, clips)
             return layer_errors_lib.layer_error_report(
                 layers,
                 "quantization_debugger",
@@ -219,7 +292,7 @@ def per_layer_errors(
             )
         except (ValueError, RuntimeError) as error:  # fall back rather than lose the report
             note = f"QuantizationDebugger failed ({error}); fell back to tensor matching"
-    float_bytes = convert_saved_model(model, "float32")
+    float_bytes = convert_saved_model(model, "float32", input_layout=input_layout)
     layers = layer_errors_lib.tensor_match_layer_errors(tflite_bytes, float_bytes, clips)
     reference = "float .tflite of the same SavedModel" + (
         " (FakeQuant kept as float QUANTIZE/DEQUANTIZE)" if source == "qat" else ""
@@ -247,6 +320,7 @@ def export_tflite(
     max_rmse_steps: float = layer_errors_lib.DEFAULT_MAX_RMSE_STEPS,
     max_relative_rmse: float = layer_errors_lib.DEFAULT_MAX_RELATIVE_RMSE,
     measure_latency: bool = True,
+    input_layout: str = "clip",
 ) -> dict[str, Any]:
     """Converts, writes `.tflite` + sidecar + report, and returns the report.
 
@@ -261,23 +335,26 @@ def export_tflite(
         the per-layer report.
       references: SavedModels to compare logits against, by name ("float", "qat").
       normalization: informative (already inside the model).
+      input_layout: "clip" `(1, T, H, W, 3)` or "frame_stacked" `(1, T * H, W, 3)` (see the
+        module docstring); `representative` and `test_clips` stay clips `(T, H, W, 3)`.
 
     The report's `audit.passed` is the int8 contract (None for other modes); callers decide
     whether to fail on it (`check_int8`).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    _check_layout(input_layout)
     num_outputs = model.signature.structured_outputs[model.output_key].shape[-1]
     if num_outputs is not None and len(labels) != num_outputs:
         raise ValueError(f"{len(labels)} labels for {model.path}, which has {num_outputs} outputs")
     start = time.perf_counter()
-    tflite_bytes = convert_saved_model(model, mode, representative)
+    tflite_bytes = convert_saved_model(model, mode, representative, input_layout)
     conversion_seconds = time.perf_counter() - start
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "wb") as f:
         f.write(tflite_bytes)
     stem = os.path.splitext(output)[0]
-    tflite = TFLiteModel(tflite_bytes, num_threads=num_threads)
+    tflite = TFLiteModel(tflite_bytes, num_threads=num_threads, clip_shape=model.clip_shape)
     side = sidecar(tflite, mode, source, model.path, labels, normalization)
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump(side, f, indent=1)
@@ -311,6 +388,7 @@ def export_tflite(
             debug_clips,
             max_rmse_steps,
             max_relative_rmse,
+            input_layout,
         )
     latency = (
         {str(n): TFLiteModel(tflite_bytes, num_threads=n).latency() for n in LATENCY_THREADS}
@@ -326,7 +404,7 @@ def export_tflite(
         "size_bytes": len(tflite_bytes),
         "conversion_seconds": conversion_seconds,
         "signature": tflite.signature_list(),
-        "input": side["input"],
+        "input": {**side["input"], "activations_over_3_dims": activations_over_3_dims(audit)},
         "output": side["output"],
         "audit": audit_section,
         "layer_errors": layers,
@@ -337,6 +415,22 @@ def export_tflite(
     with open(stem + ".report.json", "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     return report
+
+
+def activations_over_3_dims(audit: dict[str, Any]) -> list[str]:
+    """Activation tensors with more than 3 dimensions above 1 (the Edge TPU takes none), as
+    "OP (op i): name [shape]", the model input first. Weights are not activations."""
+    found: dict[int, str] = {}
+    for tensor in audit["inputs"]:
+        if sum(d > 1 for d in tensor["shape"]) > 3:
+            found[tensor["index"]] = f"input: {tensor['name']} {tensor['shape']}"
+    for op in audit["ops"]:
+        for tensor in op["outputs"]:
+            if sum(d > 1 for d in tensor["shape"]) > 3 and tensor["index"] not in found:
+                found[tensor["index"]] = (
+                    f"{op['name']} (op {op['index']}): {tensor['name']} {tensor['shape']}"
+                )
+    return list(found.values())
 
 
 def contract_checks(report: dict[str, Any]) -> dict[str, bool]:
@@ -363,6 +457,8 @@ def summary(report: dict[str, Any]) -> str:
         f"converted in {report['conversion_seconds']:.1f} s)",
         f"  I/O {report['input']['dtype']} -> {report['output']['dtype']}; "
         f"{audit['num_ops']} ops: {audit_lib.format_counts(audit)}",
+        f"  input {report['input']['input_layout']} {report['input']['shape']}; "
+        f"{_describe_high_rank(report['input']['activations_over_3_dims'])}",
         f"  float ops: {audit['num_float_ops']}"
         + (
             ""
@@ -410,6 +506,12 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _describe_high_rank(tensors: Sequence[str]) -> str:
+    if not tensors:
+        return "no activation has more than 3 dimensions above 1"
+    return f"{len(tensors)} activation(s) with more than 3 dimensions above 1, first {tensors[0]}"
+
+
 # ------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------
@@ -444,6 +546,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         False,
         "--int8: post-training quantization of export/float even "
         "when export/qat exists (output model_int8_ptq.tflite).",
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "input_layout",
+        "clip",
+        INPUT_LAYOUTS,
+        "Input of the .tflite: clip (1, T, H, W, 3), or frame_stacked (1, T*H, W, 3): the "
+        "frames stacked along the height axis, the Edge TPU form (output name gets a "
+        "_frame_stacked suffix).",
         **fv,
     )
     flags.DEFINE_string(
@@ -556,6 +667,8 @@ def convert_from_flags(values: flags.FlagValues) -> int:
         return 2
 
     name = f"model_{mode}" + ("_ptq" if values.ptq else "")
+    if values.input_layout != "clip":  # keeps the clip-layout export beside it
+        name += f"_{values.input_layout}"
     output = values.output or os.path.join(export_dir, name + ".tflite")
     representative, test_clips = load_clip_sources(
         data_dir,
@@ -578,6 +691,7 @@ def convert_from_flags(values: flags.FlagValues) -> int:
         num_threads=values.num_threads,
         max_rmse_steps=values.max_rmse_steps,
         max_relative_rmse=values.max_relative_rmse,
+        input_layout=values.input_layout,
     )
     print(summary(report))
     if mode == "int8" and not report["audit"]["passed"]:

@@ -14,6 +14,9 @@ clip reversed in time (`reversed`). On an order pair (zoom in / zoom out ...) a 
 time swaps its answers when time runs backwards, so `reversed` pair accuracy should be low; a
 model that ignores time scores the same both ways.
 
+A frame-stacked `.tflite` (`kvid-convert --input_layout=frame_stacked`, input `(1, T * H, W, 3)`)
+is fed the same clips with their frames stacked; T, H and W come from its sidecar `<name>.json`.
+
 Writes `OUTPUT_DIR/eval_<name>.json`, `confusion_<name>.png`, `confusion_<name>_reversed.png`.
 """
 
@@ -50,14 +53,26 @@ MIN_QAT_AGREEMENT = 0.98
 def load_classifier(path: str, num_threads: int | None = None) -> tuple[Classifier, str, tuple]:
     """A `.tflite` file or SavedModel dir as a callable `(N, T, H, W, 3) -> (N, classes)`.
 
+    A `.tflite`'s input layout and clip shape come from its sidecar (`read_input_layout`); a
+    `.tflite` without one must take clips `(1, T, H, W, 3)`.
+
     Returns:
       (classifier, kind, clip_shape) with kind "tflite" or "saved_model".
     """
     if os.path.isfile(path) and path.endswith(".tflite"):
-        from kvid_tflite.litert import TFLiteModel
+        from kvid_tflite.litert import TFLiteModel, read_input_layout, sidecar_path
 
-        model = TFLiteModel(path, num_threads=num_threads)
-        return model, "tflite", model.input_shape[1:]
+        try:
+            _, clip_shape = read_input_layout(path)
+            model = TFLiteModel(path, num_threads=num_threads, clip_shape=clip_shape)
+        except ValueError as error:
+            raise WorkdirError(str(error)) from error
+        if len(model.clip_shape) != 4:
+            raise WorkdirError(
+                f"{path} takes {list(model.input_shape)}, not clips (1, T, H, W, 3), and has no "
+                f"sidecar {sidecar_path(path)} recording its input_layout (written by kvid-convert)"
+            )
+        return model, "tflite", model.clip_shape
     if is_saved_model(path):
         from kvid_tflite.saved_model import load_serving_model
 
@@ -366,6 +381,7 @@ def evaluate_from_flags(values: flags.FlagValues) -> int:
         "model": os.path.abspath(values.model),
         "name": name,
         "kind": kind,
+        "input_layout": getattr(model, "input_layout", "clip"),
         "split": values.split,
         "data_dir": data_dir,
         "num_clips_per_video": values.num_clips,

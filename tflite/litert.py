@@ -3,10 +3,18 @@
 `tf.lite.Interpreter` is deprecated in TF 2.21 (it warns it is "scheduled for deletion"), so every
 `.tflite` that kvid runs goes through `TFLiteModel`, and every read of the flatbuffer goes through
 `read_operator_codes`. Swapping the runtime later means editing this file only.
+
+Input layouts (`INPUT_LAYOUTS`): a `.tflite` takes either the clip `(1, T, H, W, 3)` ("clip") or
+the frame-stacked image `(1, T * H, W, 3)` ("frame_stacked", the Edge TPU form: a 5-D input has 4
+dimensions above 1), where frame t fills rows `t * H` to `(t + 1) * H - 1`, i.e. exactly
+`clip.reshape(1, T * H, W, 3)` of the time-major clip. kvid-convert records the layout and the
+clip shape in the sidecar `<name>.json`; `read_input_layout` reads them back, and a `TFLiteModel`
+given the clip shape takes clips in either layout.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -23,6 +31,67 @@ _BUILTIN_NAMES = {
     for name, value in vars(schema.BuiltinOperator).items()
     if not name.startswith("_") and isinstance(value, int)
 }
+
+
+INPUT_LAYOUTS = ("clip", "frame_stacked")
+
+
+def stack_frames(video: np.ndarray) -> np.ndarray:
+    """Clips `(N, T, H, W, C)` -> frame-stacked images `(N, T * H, W, C)` (frame t on rows
+    `t * H` to `(t + 1) * H - 1`): a reshape of the time-major clip, no data moves."""
+    video = np.asarray(video)
+    if video.ndim != 5:
+        raise ValueError(f"expected clips (N, T, H, W, C), got shape {video.shape}")
+    batch, frames, height, width, channels = video.shape
+    return video.reshape(batch, frames * height, width, channels)
+
+
+def layout_input_shape(clip_shape: Sequence[int], input_layout: str) -> tuple[int, ...]:
+    """The model input of one clip `(T, H, W, C)` in `input_layout`, without the batch dim."""
+    if input_layout not in INPUT_LAYOUTS:
+        raise ValueError(f"unknown input_layout {input_layout!r}; expected one of {INPUT_LAYOUTS}")
+    frames, height, width, channels = (int(d) for d in clip_shape)
+    if input_layout == "frame_stacked":
+        return (frames * height, width, channels)
+    return (frames, height, width, channels)
+
+
+def sidecar_path(tflite_path: str | os.PathLike) -> str:
+    """Where kvid-convert writes a `.tflite`'s sidecar JSON: `<name>.json` beside it."""
+    return os.path.splitext(os.fspath(tflite_path))[0] + ".json"
+
+
+def read_input_layout(tflite_path: str | os.PathLike) -> tuple[str, tuple[int, ...] | None]:
+    """The input layout and clip shape `(T, H, W, 3)` recorded in a `.tflite`'s sidecar.
+
+    Returns ("clip", None) when there is no sidecar or it records no layout (a sidecar written
+    before layouts existed describes a clip-layout model).
+
+    Raises:
+      ValueError: the sidecar is not valid JSON, or records an unknown layout or no clip shape.
+    """
+    path = sidecar_path(tflite_path)
+    if not os.path.isfile(path):
+        return "clip", None
+    with open(path, encoding="utf-8") as f:
+        try:
+            side = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"sidecar {path} is not valid JSON: {error}") from error
+    model_input = side.get("input") or {}
+    layout = model_input.get("input_layout")
+    if layout is None:
+        return "clip", None
+    if layout not in INPUT_LAYOUTS:
+        raise ValueError(f"sidecar {path}: input_layout {layout!r} is not one of {INPUT_LAYOUTS}")
+    try:
+        height, width = (int(d) for d in model_input["image_size"])
+        clip_shape = (int(model_input["num_frames"]), height, width, int(model_input["shape"][-1]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"sidecar {path}: input_layout {layout!r} without num_frames / image_size ({error})"
+        ) from error
+    return layout, clip_shape
 
 
 def _integer_range(dtype: np.dtype) -> tuple[int, int]:
@@ -78,6 +147,9 @@ class TFLiteModel:
         otherwise compute fused subgraphs whose intermediates are never materialised.
       use_xnnpack: apply LiteRT's default delegate (XNNPACK), as on a phone. Set False to
         run the reference kernels node by node.
+      clip_shape: `(T, H, W, 3)` of one clip. Needed for a frame-stacked input `(1, T * H, W, 3)`
+        (the sidecar has it: `read_input_layout`), whose `__call__` then also takes clips and
+        stacks their frames; None: the input tensor is taken as the clip (5-D input).
 
     Example:
       model = TFLiteModel("export/model_int8.tflite", num_threads=2)
@@ -90,6 +162,7 @@ class TFLiteModel:
         num_threads: int | None = None,
         preserve_all_tensors: bool = False,
         use_xnnpack: bool = True,
+        clip_shape: Sequence[int] | None = None,
     ) -> None:
         if isinstance(model, bytes | bytearray):
             self.model_content = bytes(model)
@@ -122,6 +195,21 @@ class TFLiteModel:
             )
         self.input_details: dict[str, Any] = inputs[0]
         self.output_details: dict[str, Any] = outputs[0]
+        self.input_layout, self.clip_shape = self._resolve_layout(clip_shape)
+
+    def _resolve_layout(self, clip_shape: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
+        """(input layout, clip shape) from the input tensor and the clip shape, if given."""
+        single = self.input_shape[1:]
+        if clip_shape is None:
+            return "clip", single
+        clip_shape = tuple(int(d) for d in clip_shape)
+        for layout in INPUT_LAYOUTS:
+            if len(clip_shape) == 4 and layout_input_shape(clip_shape, layout) == single:
+                return layout, clip_shape
+        raise ValueError(
+            f"{self.path or 'model bytes'}: input {list(self.input_shape)} is neither the clip "
+            f"{list(clip_shape)} nor its frame-stacked image"
+        )
 
     # --- shapes, dtypes and quantization ------------------------------------------------------
     @property
@@ -181,12 +269,20 @@ class TFLiteModel:
         return np.copy(self.interpreter.get_tensor(self.output_details["index"]))
 
     def __call__(self, video: np.ndarray) -> np.ndarray:
-        """Float video `(N, T, H, W, 3)` -> float32 logits `(N, classes)`, chunked by batch."""
+        """Float video `(N, T, H, W, 3)` -> float32 logits `(N, classes)`, chunked by batch.
+
+        A frame-stacked model also takes its own input `(N, T * H, W, 3)`.
+        """
         video = np.asarray(video, np.float32)
+        if self.input_layout == "frame_stacked" and tuple(video.shape[1:]) == self.clip_shape:
+            video = stack_frames(video)
         batch = self.input_shape[0]
         expected = self.input_shape[1:]
         if tuple(video.shape[1:]) != expected:
-            raise ValueError(f"expected clips of shape {expected}, got {video.shape[1:]}")
+            accepted = f"clips of shape {self.clip_shape}" + (
+                f" or frame-stacked {expected}" if self.input_layout == "frame_stacked" else ""
+            )
+            raise ValueError(f"expected {accepted}, got {video.shape[1:]}")
         if video.shape[0] % batch:
             raise ValueError(f"batch {video.shape[0]} is not a multiple of the model's {batch}")
         outputs = [
