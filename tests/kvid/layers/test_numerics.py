@@ -232,7 +232,6 @@ def test_quantized_layer_fake_quantizes_to_256_levels():
     assert len(np.unique(centered)) <= 256
 
 
-
 def test_quantized_layer_norm_damps_tokens_whose_variance_rounds_to_zero():
     rng = np.random.default_rng(12)
     # One loud token (std 30) sets the variance range; the quiet one (std 0.5) keeps its centred
@@ -255,6 +254,7 @@ def test_quantized_layer_norm_damps_tokens_whose_variance_rounds_to_zero():
     np.testing.assert_allclose(out[0, 0], loud / loud.std(), atol=0.1)
     # Float mode keeps the plain epsilon.
     assert layers.LayerNorm(epsilon=1e-5).variance_floor() == 1e-5
+
 
 def test_global_tokens_are_shared_across_the_batch():
     layer = layers.GlobalTokens(4, 8)

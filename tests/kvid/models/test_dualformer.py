@@ -9,6 +9,13 @@ import kvid
 from kvid.backend import keras, tf
 from kvid.models import dualformer
 from tests.conftest import REPO_ROOT
+from tests.helpers import (
+    convert_int8,
+    cosine,
+    int8_vs_keras_cosines,
+    qat_train_step,
+    smooth_clips,
+)
 
 REFERENCE_PRESETS = {  # backbone params / matrix-op MACs per 32x224x224 view (DESIGN.md section 6)
     "dualformer_tiny": (21.77e6, 59.86e9),
@@ -213,18 +220,6 @@ def test_config_errors_name_the_stage_and_field():
         kvid.models.create("dualformer_cpu", num_classes=3, num_frames=7)
 
 
-def _qat_train_step(qat, x, labels):
-    """One eager SGD step of a QAT model (a compiled `fit` traces the whole graph: much slower)."""
-    before = [w.numpy().copy() for w in qat.trainable_weights]
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    with tf.GradientTape() as tape:
-        loss = loss_fn(labels, qat(x, training=True))
-    grads = tape.gradient(loss, qat.trainable_weights)
-    keras.optimizers.SGD(1e-2).apply_gradients(zip(grads, qat.trainable_weights))
-    assert np.isfinite(loss.numpy())
-    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, qat.trainable_weights))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name", [n for n in kvid.models.list_presets("dualformer") if n != "dualformer_cpu"]
@@ -236,19 +231,13 @@ def test_qat_entry_point_on_every_preset(name):
     wrapped = qat.get_layer("quant_stage0_layer1_attn").layer
     assert wrapped.quantized and "scores" in wrapped._ranges and "fine" in wrapped._ranges
     x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-    _qat_train_step(qat, x, np.array([0, 1]))
+    qat_train_step(qat, x, np.array([0, 1]))
     assert np.all(np.isfinite(qat(x, training=False).numpy()))
 
 
 def test_cpu_preset_qat_and_int8_has_int8_io_zero_float_ops_and_tracks_float():
     """The QAT entry point on the CPU preset, then its int8 conversion (the main job's path)."""
     from kvid_tflite.audit import audit_model, check_int8
-    from tests.kvid.quantization.test_quantization import (
-        convert_int8,
-        cosine,
-        int8_vs_keras_cosines,
-        smooth_clips,
-    )
 
     model = kvid.models.create("dualformer_cpu", num_classes=14)
     qat = kvid.quantization.quantize_model(model)
@@ -261,7 +250,7 @@ def test_cpu_preset_qat_and_int8_has_int8_io_zero_float_ops_and_tracks_float():
     x = calibration[0]
     # fake quantization only rounds: the QAT model still computes the float model's function
     assert cosine(qat(x, training=False).numpy(), model(x, training=False).numpy()) > 0.98
-    _qat_train_step(qat, np.concatenate(calibration[:2]), np.array([0, 1]))
+    qat_train_step(qat, np.concatenate(calibration[:2]), np.array([0, 1]))
     tflite_bytes = convert_int8(qat, calibration)
     audit = audit_model(tflite_bytes)
     check_int8(audit)

@@ -9,6 +9,7 @@ import pytest
 import kvid
 from kvid.backend import keras, tf
 from kvid.models import posmlp
+from tests.helpers import qat_train_step, smooth_clips
 
 PRESETS = kvid.models.list_presets("posmlp")
 EDGETPU_PRESETS = [p for p in PRESETS if p.endswith("_edgetpu")]
@@ -321,16 +322,6 @@ def test_classifier_is_one_flat_graph_and_roundtrips():
 # ------------------------------------------------------------------------------------------------
 # QAT and int8
 # ------------------------------------------------------------------------------------------------
-def _smooth_clips(shape, count, seed=0):
-    rng = np.random.default_rng(seed)
-    frames, height, width, _ = shape
-    clips = []
-    for _ in range(count):
-        small = rng.random((frames, 4, 4, 3)).astype(np.float32)
-        clips.append(tf.image.resize(small, (height, width)).numpy()[None].clip(0, 1))
-    return clips
-
-
 def _tier(names, default):
     return [n if n in default else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
@@ -342,9 +333,7 @@ def test_qat_entry_point_on_every_preset(name):
     qat = kvid.quantization.quantize_model(model)
     assert qat.input_shape == model.input_shape and qat.output_shape == model.output_shape
     x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-    qat.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(True))
-    history = qat.fit(x, np.array([0, 1]), epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    qat_train_step(qat, x, np.array([0, 1]), learning_rate=1e-3)
     assert np.all(np.isfinite(qat(x, training=False).numpy()))
 
 
@@ -355,7 +344,7 @@ def test_int8_tflite_has_zero_float_ops(name):
 
     overrides = small_overrides(name, frames=4, size=32)
     model = kvid.models.create(name, num_classes=4, **overrides)
-    clips = _smooth_clips(model.input_shape[1:], 2)
+    clips = smooth_clips(model.input_shape[1:], 2)
     qat = kvid.quantization.calibrate(kvid.quantization.quantize_model(model), clips)
     audit = audit_model(convert_keras_model(qat, "int8", lambda: clips))
     assert int8_problems(audit) == []

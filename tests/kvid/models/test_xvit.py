@@ -10,6 +10,7 @@ from scipy.special import erf
 import kvid
 from kvid.backend import keras, tf
 from kvid.models import xvit
+from tests.helpers import qat_train_step, smooth_clips
 
 REFERENCE_PARAMS, REFERENCE_MACS = 85.8e6, 281.0e9  # DESIGN.md section 6 (fvcore on the code)
 MOBILE_PRESETS = ("xvit_xs", "xvit_s", "xvit_m")
@@ -405,16 +406,7 @@ def test_qat_entry_point_on_every_preset(name):
     attention = qat.get_layer("quant_block0_attn").layer
     assert attention.quantized and attention._ranges  # in-layer requantization points
     x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-    # One eager SGD step (a compiled `fit` traces the whole graph: several times slower).
-    before = [w.numpy().copy() for w in qat.trainable_weights]
-    with tf.GradientTape() as tape:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
-            np.array([0, 1]), qat(x, training=True)
-        )
-    grads = tape.gradient(loss, qat.trainable_weights)
-    keras.optimizers.SGD(1e-3).apply_gradients(zip(grads, qat.trainable_weights))
-    assert np.isfinite(loss.numpy())
-    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, qat.trainable_weights))
+    qat_train_step(qat, x, np.array([0, 1]), learning_rate=1e-3)
     assert np.all(np.isfinite(qat(x, training=False).numpy()))
 
 
@@ -438,7 +430,6 @@ def test_xvit_tiny_int8_has_int8_io_and_zero_float_ops():
 def test_mobile_preset_softmax_tracks_float_in_int8(name):
     """Per-layer int8 error of every attention softmax: within budget at the presets' 37-65 keys
     per frame, over it with the reference's 197 keys (16-pixel patches at 224 px)."""
-    from tests.kvid.quantization.test_quantization import smooth_clips
 
     model = kvid.models.create(name, num_classes=10, num_frames=4)
     errors = _int8_softmax_errors(model, smooth_clips(model.input_shape[1:], 6, seed=1))

@@ -6,33 +6,7 @@ import pytest
 import kvid
 from kvid.backend import keras, tf
 from kvid_tflite.audit import audit_model, check_int8
-from kvid_tflite.convert import convert_keras_model
-from kvid_tflite.litert import TFLiteModel
-
-
-def smooth_clips(shape, count, seed=0):
-    """Low-frequency random clips in [0, 1]: feature maps with structure, unlike white noise."""
-    rng = np.random.default_rng(seed)
-    frames, height, width, _ = shape
-    clips = []
-    for _ in range(count):
-        small = rng.random((frames, 4, 4, 3)).astype(np.float32)
-        clips.append(tf.image.resize(small, (height, width)).numpy()[None].clip(0, 1))
-    return clips
-
-
-def convert_int8(model, calibration):
-    return convert_keras_model(model, "int8", lambda: calibration)
-
-
-def cosine(a, b):
-    a, b = a.ravel(), b.ravel()
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
-
-def int8_vs_keras_cosines(tflite_bytes, model, clips):
-    runner = TFLiteModel(tflite_bytes)
-    return [cosine(runner(clip), model(clip, training=False).numpy()) for clip in clips]
+from tests.helpers import convert_int8, cosine, int8_vs_keras_cosines, smooth_clips
 
 
 def _small(name):
