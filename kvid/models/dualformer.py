@@ -28,7 +28,6 @@ from kvid.layers import (
     LayerNorm,
     LocalWindowAttention,
     Normalize,
-    TemporalStack,
     TubeletConv,
 )
 from kvid.layers.stratified_attention import (
@@ -52,7 +51,6 @@ DEFAULTS = dict(
     input_std=IMAGENET_STD,
     patch_size=(2, 4, 4),
     conv_stem=(),  # channels of 3x3 stride-2 per-frame conv+BN+ReLU6 layers before the patches
-    stem_temporal_kernel=1,  # > 1: the first conv_stem layer is a full k x 3 x 3 spatio-temporal conv
     embed_dims=(64, 128, 256, 512),
     num_heads=(2, 4, 8, 16),
     depths=(2, 2, 10, 4),
@@ -107,12 +105,9 @@ PRESETS = {
     # Trains on a laptop CPU in minutes on the embedded dataset (8 frames of 64x64): the golden
     # configuration's widths, 32-key windows, 36/32/32/16-key pyramids, and a convolutional stem
     # (two 3x3 stride-2 convs, then 2-frame tubelets), which fitted 128 training clips faster
-    # than the (2, 4, 4) patchify stem (loss 2.16 vs 2.38 after 64 Adam steps). Its first stem
-    # conv spans 3 frames (TemporalStack): with per-frame stem convs and linear 2-frame tubelets
-    # it read every order pair of the default dataset but rotation direction (49-57%).
+    # than the (2, 4, 4) patchify stem (loss 2.16 vs 2.38 after 64 Adam steps).
     "dualformer_cpu": dict(
-        num_frames=8, image_size=64, conv_stem=(16, 16), stem_temporal_kernel=3,
-        patch_size=(2, 1, 1),
+        num_frames=8, image_size=64, conv_stem=(16, 16), patch_size=(2, 1, 1),
         embed_dims=(16, 32, 64, 128), num_heads=(1, 1, 2, 4),
         depths=(2, 2, 2, 2), window_sizes=((2, 4, 4),) * 3 + ((4, 2, 2),),
         fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 4, 4), (4, 2, 2)),
@@ -155,13 +150,6 @@ def check_config(name: str, config: dict, exact_pyramids: bool = True) -> None:
             raise ValueError(f"{name}: {field} needs {stages} entries (one per stage).")
     p_t, p_h, p_w = config["patch_size"]
     frames, size = config["num_frames"], config["image_size"]
-    kernel = config["stem_temporal_kernel"]
-    if not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
-        raise ValueError(
-            f"{name}: stem_temporal_kernel must be a positive odd int, got {kernel!r}."
-        )
-    if kernel > 1 and not config["conv_stem"]:
-        raise ValueError(f"{name}: stem_temporal_kernel {kernel} needs a conv_stem to apply to.")
     if size % 2 ** len(config["conv_stem"]):
         raise ValueError(f"{name}: image_size {size} is not divisible by the conv stem's stride.")
     size //= 2 ** len(config["conv_stem"])
@@ -260,9 +248,6 @@ def backbone_tensors(inputs, cfg: dict) -> tuple[keras.KerasTensor, dict]:
     """Normalize, stages and the final LayerNorm; returns (features, endpoints)."""
     x = Normalize(cfg["input_mean"], cfg["input_std"], name="normalize")(inputs)
     endpoints = {}
-    if cfg["stem_temporal_kernel"] > 1:
-        # Direction-selective motion features from the first layer (see TemporalStack).
-        x = TemporalStack(cfg["stem_temporal_kernel"], name="stem_frames")(x)
     for index, channels in enumerate(cfg["conv_stem"]):
         x = FrameConv(channels, 3, strides=2, activation="relu6", bn_epsilon=cfg["bn_epsilon"],
                       name=f"conv_stem{index}")(x)  # fmt: skip
