@@ -1,10 +1,45 @@
-"""Helpers shared by the model and quantization tests: clips, int8 conversion, one QAT step."""
+"""Helpers shared by the model and quantization tests: goldens, clips, int8 conversion, one QAT
+step."""
+
+import json
 
 import numpy as np
 
 from kvid.backend import keras, tf
 from kvid_tflite.convert import convert_keras_model
 from kvid_tflite.litert import TFLiteModel
+
+
+def golden_tolerance(reference):
+    """Golden parity tolerance: `2e-5 * max(1, max|reference|)`."""
+    return 2e-5 * max(1.0, float(np.abs(reference).max()))
+
+
+def load_golden(golden_dir, name):
+    """`<name>.npz` and `<name>.json` of the goldens: (arrays, meta, reference state_dict)."""
+    arrays = np.load(golden_dir / f"{name}.npz")
+    meta = json.loads((golden_dir / f"{name}.json").read_text())
+    state_dict = {
+        k: arrays[k]
+        for k in arrays.files
+        if k not in ("input_uint8", "logits") and not k.startswith("feat__")
+    }
+    return arrays, meta, state_dict
+
+
+def flat_graph_ops(model):
+    """Asserts that `model` is one flat graph (no nested models, no Lambda layers: tfmot rejects
+    TFOpLambda) and returns the ops of its batch-1 inference graph, including those of every
+    function the graph calls (keras layers may trace as functions)."""
+    assert not [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    lambdas = [layer.name for layer in model.layers if "Lambda" in type(layer).__name__]
+    assert not lambdas, lambdas
+    spec = tf.TensorSpec((1, *model.input_shape[1:]))
+    graph = tf.function(lambda v: model(v, training=False)).get_concrete_function(spec).graph
+    ops = list(graph.get_operations())
+    for function in graph._functions.values():
+        ops += list(function.graph.get_operations()) if hasattr(function, "graph") else []
+    return ops
 
 
 def smooth_clips(shape, count, seed=0):
@@ -45,3 +80,20 @@ def qat_train_step(qat, x, labels, learning_rate=1e-2):
     keras.optimizers.SGD(learning_rate).apply_gradients(zip(grads, qat.trainable_weights))
     assert np.isfinite(loss.numpy())
     assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, qat.trainable_weights))
+
+
+def run_kvid_convert(*args: str) -> int:
+    """Runs kvid-convert on `args`, parsed into fresh flag values (never the global FLAGS)."""
+    from absl import flags
+
+    from kvid_tflite import convert
+
+    values = flags.FlagValues()
+    convert.define_flags(values)
+    values(["kvid-convert", *args])
+    return convert.convert_from_flags(values)
+
+
+def read_json(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

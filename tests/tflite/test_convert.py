@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,26 +9,13 @@ import textwrap
 
 import numpy as np
 import pytest
-from absl import app, flags
+from absl import app
 
-from kvid_tflite import convert
 from kvid_tflite.audit import audit_model
 from kvid_tflite.litert import TFLiteModel
+from tests.helpers import read_json, run_kvid_convert
 
 SIGNATURE = {"serving_default": {"inputs": ["video"], "outputs": ["logits"]}}
-
-
-def _run(*args: str) -> int:
-    """Parses `args` into fresh flag values (never the global FLAGS) and runs the command."""
-    values = flags.FlagValues()
-    convert.define_flags(values)
-    values(["kvid-convert", *args])
-    return convert.convert_from_flags(values)
-
-
-def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _check_int8_tflite(path: str) -> TFLiteModel:
@@ -42,13 +28,13 @@ def _check_int8_tflite(path: str) -> TFLiteModel:
 
 
 def test_ptq_int8_from_workdir(float_workdir, fake_clip_sources, helpers, capsys):
-    assert _run(f"--workdir={float_workdir}", "--int8", "--num_test_clips=12") == 0
+    assert run_kvid_convert(f"--workdir={float_workdir}", "--int8", "--num_test_clips=12") == 0
     export = os.path.join(float_workdir, "export")
     model = _check_int8_tflite(os.path.join(export, "model_int8.tflite"))
     assert model.input_shape == (1, *helpers.CLIP_SHAPE)
     assert fake_clip_sources["data_dir"] == os.path.join(float_workdir, "data")
 
-    sidecar = _read_json(os.path.join(export, "model_int8.json"))
+    sidecar = read_json(os.path.join(export, "model_int8.json"))
     assert sidecar["labels"] == helpers.LABELS
     assert sidecar["mode"] == "int8" and sidecar["source"] == "ptq"
     assert sidecar["input"]["shape"] == [1, *helpers.CLIP_SHAPE]
@@ -56,7 +42,7 @@ def test_ptq_int8_from_workdir(float_workdir, fake_clip_sources, helpers, capsys
     assert sidecar["input"]["zero_point"] == -128
     assert sidecar["normalization"]["mean"] == [0.5, 0.5, 0.5]
 
-    report = _read_json(os.path.join(export, "model_int8.report.json"))
+    report = read_json(os.path.join(export, "model_int8.report.json"))
     assert report["source"] == "ptq" and report["audit"]["passed"] is True
     assert report["size_bytes"] == os.path.getsize(os.path.join(export, "model_int8.tflite"))
     layers = report["layer_errors"]
@@ -75,9 +61,9 @@ def test_ptq_int8_from_workdir(float_workdir, fake_clip_sources, helpers, capsys
 
 def test_qat_export_is_preferred_and_ptq_forced_beside_it(qat_workdir, fake_clip_sources):
     export = os.path.join(qat_workdir, "export")
-    assert _run(f"--workdir={qat_workdir}", "--int8", "--num_test_clips=8") == 0
+    assert run_kvid_convert(f"--workdir={qat_workdir}", "--int8", "--num_test_clips=8") == 0
     _check_int8_tflite(os.path.join(export, "model_int8.tflite"))
-    report = _read_json(os.path.join(export, "model_int8.report.json"))
+    report = read_json(os.path.join(export, "model_int8.report.json"))
     assert report["source"] == "qat" and report["saved_model"].endswith("export/qat")
     # The debugger cannot instrument a QAT model: tensors are matched against its float twin.
     layers = report["layer_errors"]
@@ -91,8 +77,10 @@ def test_qat_export_is_preferred_and_ptq_forced_beside_it(qat_workdir, fake_clip
     assert report["fidelity"]["qat"]["cosine_mean"] > 0.98
     assert report["fidelity"]["qat"]["top1_agreement"] == 1.0
 
-    assert _run(f"--workdir={qat_workdir}", "--int8", "--ptq", "--num_test_clips=4") == 0
-    ptq = _read_json(os.path.join(export, "model_int8_ptq.report.json"))
+    assert (
+        run_kvid_convert(f"--workdir={qat_workdir}", "--int8", "--ptq", "--num_test_clips=4") == 0
+    )
+    ptq = read_json(os.path.join(export, "model_int8_ptq.report.json"))
     assert ptq["source"] == "ptq" and ptq["saved_model"].endswith("export/float")
     assert os.path.exists(os.path.join(export, "model_int8.tflite"))  # QAT result kept
 
@@ -100,11 +88,13 @@ def test_qat_export_is_preferred_and_ptq_forced_beside_it(qat_workdir, fake_clip
 def test_float16_and_dynamic_range(float_workdir, fake_clip_sources, tmp_path):
     for mode in ("float16", "dynamic_range"):
         output = str(tmp_path / f"{mode}.tflite")
-        assert _run(f"--workdir={float_workdir}", f"--{mode}", f"--output={output}") == 0
+        assert (
+            run_kvid_convert(f"--workdir={float_workdir}", f"--{mode}", f"--output={output}") == 0
+        )
         model = TFLiteModel(output)
         assert model.input_dtype == np.float32 and model.output_dtype == np.float32
         assert model.signature_list() == SIGNATURE
-        report = _read_json(str(tmp_path / f"{mode}.report.json"))
+        report = read_json(str(tmp_path / f"{mode}.report.json"))
         assert report["mode"] == mode and report["source"] == "float"
         assert report["audit"]["passed"] is None and report["layer_errors"] is None
         assert report["fidelity"]["float"]["cosine_min"] > 0.999
@@ -139,7 +129,7 @@ def test_int8_with_float_op_fails_naming_it(conv3d_workdir):
     assert len(errors) == 1 and "float op CONV_3D" in errors[0], process.stderr[-2000:]
     assert "int8 audit FAILED" in process.stdout
     # The files are still written so that the audit can be read.
-    report = _read_json(os.path.join(conv3d_workdir, "export", "model_int8.report.json"))
+    report = read_json(os.path.join(conv3d_workdir, "export", "model_int8.report.json"))
     assert report["audit"]["passed"] is False and report["audit"]["num_float_ops"] == 3
 
 
@@ -153,11 +143,11 @@ def test_int8_with_float_op_fails_naming_it(conv3d_workdir):
 )
 def test_usage_errors(float_workdir, args, message):
     with pytest.raises(app.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        _run(f"--workdir={float_workdir}", *args)
+        run_kvid_convert(f"--workdir={float_workdir}", *args)
 
 
 def test_missing_export_names_the_workdir(tmp_path, helpers, capsys):
     workdir = helpers.write_workdir(str(tmp_path))  # model.json, no export/float
-    assert _run(f"--workdir={workdir}", "--int8") == 2
+    assert run_kvid_convert(f"--workdir={workdir}", "--int8") == 2
     error = capsys.readouterr().err
     assert f"workdir {workdir}: no float SavedModel" in error

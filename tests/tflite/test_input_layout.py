@@ -26,20 +26,9 @@ from kvid_tflite.audit import audit_model
 from kvid_tflite.litert import TFLiteModel, read_input_layout, read_operator_codes, stack_frames
 from kvid_tflite.metrics import cosine_similarity
 from kvid_tflite.saved_model import load_serving_model
+from tests.helpers import read_json, run_kvid_convert
 
 SIGNATURE = {"serving_default": {"inputs": ["video"], "outputs": ["logits"]}}
-
-
-def _run_convert(*args: str) -> int:
-    values = flags.FlagValues()
-    convert.define_flags(values)
-    values(["kvid-convert", *args])
-    return convert.convert_from_flags(values)
-
-
-def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _build_posmlp(helpers):
@@ -72,8 +61,8 @@ def posmlp_exports(tmp_path_factory, helpers):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(convert, "load_clip_sources", clip_sources)
         common = (f"--workdir={workdir}", "--int8", "--num_test_clips=8", "--num_debug_clips=4")
-        assert _run_convert(*common) == 0
-        assert _run_convert(*common, "--input_layout=frame_stacked") == 0
+        assert run_kvid_convert(*common) == 0
+        assert run_kvid_convert(*common, "--input_layout=frame_stacked") == 0
     export = os.path.join(workdir, "export")
     return (
         workdir,
@@ -139,15 +128,15 @@ def test_frame_stacked_int8_export_maps_to_the_edgetpu_and_matches_the_clip_expo
 def test_frame_stacked_sidecar_and_report(posmlp_exports, helpers):
     _, clip_stem, stacked_stem = posmlp_exports
     frames, height, width, _ = helpers.CLIP_SHAPE
-    side = _read_json(stacked_stem + ".json")["input"]
+    side = read_json(stacked_stem + ".json")["input"]
     assert side["input_layout"] == "frame_stacked"
     assert side["shape"] == [1, frames * height, width, 3]
     assert side["num_frames"] == frames and side["image_size"] == [height, width]
     assert read_input_layout(stacked_stem + ".tflite") == ("frame_stacked", helpers.CLIP_SHAPE)
     assert read_input_layout(clip_stem + ".tflite") == ("clip", helpers.CLIP_SHAPE)
 
-    clip_report = _read_json(clip_stem + ".report.json")
-    report = _read_json(stacked_stem + ".report.json")
+    clip_report = read_json(clip_stem + ".report.json")
+    report = read_json(stacked_stem + ".report.json")
     assert report["audit"]["passed"] and report["input"]["activations_over_3_dims"] == []
     assert clip_report["input"]["activations_over_3_dims"][0].startswith("input: ")
     # The references ran on the clips, the .tflite on the stacked clips: the same numbers.
@@ -191,7 +180,7 @@ def test_kvid_eval_reads_the_layout_from_the_sidecar(
         code = evaluate.evaluate_from_flags(values)
         name = os.path.splitext(os.path.basename(model))[0]
         path = os.path.join(str(tmp_path), f"eval_{name}.json")
-        return code, (_read_json(path) if code == 0 else None)
+        return code, (read_json(path) if code == 0 else None)
 
     code, clip_report = run_eval(clip_stem + ".tflite")
     assert code == 0 and clip_report["input_layout"] == "clip"
@@ -242,8 +231,8 @@ def test_frame_stacked_qat_export_matches_tensors(qat_workdir, fake_clip_sources
     for layout in ("clip", "frame_stacked"):
         output = str(tmp_path / f"{layout}.tflite")
         args = (f"--workdir={qat_workdir}", "--int8", "--num_test_clips=4", f"--output={output}")
-        assert _run_convert(*args, f"--input_layout={layout}") == 0
-        reports[layout] = _read_json(str(tmp_path / f"{layout}.report.json"))
+        assert run_kvid_convert(*args, f"--input_layout={layout}") == 0
+        reports[layout] = read_json(str(tmp_path / f"{layout}.report.json"))
     clip, stacked = reports["clip"]["layer_errors"], reports["frame_stacked"]["layer_errors"]
     assert stacked["method"] == "tensor_match" and stacked["num_rounding_points"] == 4
     assert stacked["without_fake_quant"] == []
@@ -277,7 +266,7 @@ def test_layout_needs_a_matching_clip_shape_and_a_complete_sidecar(posmlp_export
     _, _, stacked_stem = posmlp_exports
     with pytest.raises(ValueError, match=r"neither the clip \[4, 16, 8, 3\] nor its frame-stacked"):
         TFLiteModel(stacked_stem + ".tflite", clip_shape=(4, 16, 8, 3))
-    side = _read_json(stacked_stem + ".json")
+    side = read_json(stacked_stem + ".json")
     model = str(tmp_path / "m.tflite")
     shutil.copy(stacked_stem + ".tflite", model)
     del side["input"]["num_frames"]

@@ -1,18 +1,19 @@
 """DualFormer: golden parity with the reference code, presets, costs, QAT and int8."""
 
-import json
-
 import numpy as np
 import pytest
 
 import kvid
-from kvid.backend import keras, tf
+from kvid.backend import keras
 from kvid.models import dualformer
 from tests.conftest import REPO_ROOT
 from tests.helpers import (
     convert_int8,
     cosine,
+    flat_graph_ops,
+    golden_tolerance,
     int8_vs_keras_cosines,
+    load_golden,
     qat_train_step,
     smooth_clips,
 )
@@ -43,21 +44,6 @@ GOLDEN_TAPS = ("patch_embed0", "stage0_block0_after_peg", "stage0_out", "stage2_
                "backbone_out")  # fmt: skip
 
 
-def _tolerance(reference):
-    return 2e-5 * max(1.0, float(np.abs(reference).max()))
-
-
-def _load_golden(golden_dir, name):
-    arrays = np.load(golden_dir / f"{name}.npz")
-    meta = json.loads((golden_dir / f"{name}.json").read_text())
-    state_dict = {
-        k: arrays[k]
-        for k in arrays.files
-        if k not in ("input_uint8", "logits") and not k.startswith("feat__")
-    }
-    return arrays, meta, state_dict
-
-
 def _reference(meta):
     return {"family": meta["family"], "constructor": meta["constructor"]}
 
@@ -69,7 +55,7 @@ def golden():
 
     if not GOLDEN_DIR.is_dir():
         pytest.skip(f"golden data not found at {GOLDEN_DIR}")
-    arrays, meta, state_dict = _load_golden(GOLDEN_DIR, "dualformer")
+    arrays, meta, state_dict = load_golden(GOLDEN_DIR, "dualformer")
     model = kvid.models.from_reference(_reference(meta), state_dict)
     return arrays, meta, state_dict, model
 
@@ -82,8 +68,10 @@ def test_golden_parity_logits_and_intermediates(golden):
     results = keras.Model(model.input, taps + [model.output])(x, training=False)
     for name, value in zip(GOLDEN_TAPS, results[:-1], strict=False):
         expected = arrays[f"feat__{name}"]
-        assert np.abs(value.numpy() - expected).max() <= _tolerance(expected), name
-    assert np.abs(results[-1].numpy() - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+        assert np.abs(value.numpy() - expected).max() <= golden_tolerance(expected), name
+    assert np.abs(results[-1].numpy() - arrays["logits"]).max() <= golden_tolerance(
+        arrays["logits"]
+    )
 
 
 def test_golden_parity_fails_on_a_porting_mistake(golden):
@@ -96,7 +84,7 @@ def test_golden_parity_fails_on_a_porting_mistake(golden):
     expected = arrays["feat__stage0_block0_after_peg"]
     try:
         peg.set_weights([kernel[..., ::-1]])
-        assert np.abs(stage0(x, training=False).numpy() - expected).max() > 10 * _tolerance(
+        assert np.abs(stage0(x, training=False).numpy() - expected).max() > 10 * golden_tolerance(
             expected
         )
     finally:
@@ -134,11 +122,11 @@ VARIANTS = sorted(p.stem for p in (REPO_ROOT / "tests" / "golden").glob("dualfor
 def test_from_reference_builds_other_reference_configurations(variant):
     """Other widths, depths, stage counts, frame counts, pyramids and batch 2, each checked
     against the reference PyTorch code's logits (tests/golden/, made with its constructor)."""
-    arrays, meta, state_dict = _load_golden(REPO_ROOT / "tests" / "golden", variant)
+    arrays, meta, state_dict = load_golden(REPO_ROOT / "tests" / "golden", variant)
     model = kvid.models.from_reference(_reference(meta), state_dict)
     x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
     logits = model(x, training=False).numpy()
-    assert np.abs(logits - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+    assert np.abs(logits - arrays["logits"]).max() <= golden_tolerance(arrays["logits"])
 
 
 @pytest.mark.slow
@@ -187,14 +175,7 @@ def test_every_preset_runs_at_its_own_input(name):
 def test_cpu_preset_is_one_flat_graph_without_conv3d_and_roundtrips_through_json():
     model = kvid.models.create("dualformer_cpu", num_classes=14)
     assert model.input_shape == (None, 8, 64, 64, 3) and model.output_shape == (None, 14)
-    assert not [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    assert not [layer.name for layer in model.layers if "Lambda" in type(layer).__name__]
-    graph = (
-        tf.function(lambda v: model(v, training=False))
-        .get_concrete_function(tf.TensorSpec((1, 8, 64, 64, 3)))
-        .graph
-    )
-    ops = graph.get_operations()
+    ops = flat_graph_ops(model)
     assert not [op.type for op in ops if op.type.startswith("Conv3D")]
     assert max(op.inputs[0].shape.rank for op in ops if op.type == "Transpose") <= 6
     assert max(op.inputs[0].shape.rank for op in ops if op.type.startswith("BatchMatMul")) <= 4

@@ -1,14 +1,13 @@
 """Video Mobile-Former: golden parity with the reference code, presets, costs and errors."""
 
-import json
-
 import numpy as np
 import pytest
 
 import kvid
-from kvid.backend import keras, tf
+from kvid.backend import keras
 from kvid.models import mobile_former
 from tests.conftest import REPO_ROOT
+from tests.helpers import flat_graph_ops, golden_tolerance, load_golden
 
 IMAGE_PRESETS = {  # reference params / matrix-op MACs (DESIGN.md section 6, fvcore on the code)
     "mobile_former_508m": (13.98e6, 498.5e6),
@@ -20,23 +19,8 @@ IMAGE_PRESETS = {  # reference params / matrix-op MACs (DESIGN.md section 6, fvc
 VIDEO_PRESETS = [p for p in mobile_former.PRESETS if p.startswith("vmf_")]
 
 
-def _tolerance(reference):
-    return 2e-5 * max(1.0, float(np.abs(reference).max()))
-
-
-def _load_golden(golden_dir, name):
-    arrays = np.load(golden_dir / f"{name}.npz")
-    meta = json.loads((golden_dir / f"{name}.json").read_text())
-    state_dict = {
-        k: arrays[k]
-        for k in arrays.files
-        if k not in ("input_uint8", "logits") and not k.startswith("feat__")
-    }
-    return arrays, meta, state_dict
-
-
 def test_golden_parity_logits_and_intermediates(golden_dir):
-    arrays, meta, state_dict = _load_golden(golden_dir, "mobile_former")
+    arrays, meta, state_dict = load_golden(golden_dir, "mobile_former")
     reference = {"family": meta["family"], "constructor": meta["constructor"]}
     model = kvid.models.from_reference(reference, state_dict)
     assert kvid.profile.count_params(model) == meta["parameter_count"]
@@ -56,14 +40,14 @@ def test_golden_parity_logits_and_intermediates(golden_dir):
     for (feature, _), value in zip(taps.items(), results[:-1], strict=False):
         expected = arrays[f"feat__{feature}"]
         value = value.numpy().reshape(expected.shape)  # (B, 1, H, W, C) -> (B, H, W, C)
-        assert np.abs(value - expected).max() <= _tolerance(expected), feature
+        assert np.abs(value - expected).max() <= golden_tolerance(expected), feature
     logits = results[-1].numpy()
-    assert np.abs(logits - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+    assert np.abs(logits - arrays["logits"]).max() <= golden_tolerance(arrays["logits"])
 
 
 def test_golden_parity_fails_on_a_porting_mistake(golden_dir):
     """The parity check can fail: swapping the two DyReLU slope halves breaks it."""
-    arrays, meta, state_dict = _load_golden(golden_dir, "mobile_former")
+    arrays, meta, state_dict = load_golden(golden_dir, "mobile_former")
     key = "features.1.hyper1.hyper.2.weight"
     half = state_dict[key].shape[0] // 2
     state_dict[key] = np.concatenate([state_dict[key][half:], state_dict[key][:half]])
@@ -71,11 +55,11 @@ def test_golden_parity_fails_on_a_porting_mistake(golden_dir):
         {"family": meta["family"], "constructor": meta["constructor"]}, state_dict
     )
     x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
-    assert np.abs(model(x).numpy() - arrays["logits"]).max() > _tolerance(arrays["logits"])
+    assert np.abs(model(x).numpy() - arrays["logits"]).max() > golden_tolerance(arrays["logits"])
 
 
 def test_from_reference_rejects_unused_or_missing_weights(golden_dir):
-    _, meta, state_dict = _load_golden(golden_dir, "mobile_former")
+    _, meta, state_dict = load_golden(golden_dir, "mobile_former")
     reference = {"family": meta["family"], "constructor": meta["constructor"]}
     with pytest.raises(ValueError, match="not loaded"):
         kvid.models.from_reference(reference, dict(state_dict, extra=np.zeros(3)))
@@ -85,7 +69,7 @@ def test_from_reference_rejects_unused_or_missing_weights(golden_dir):
 
 
 def test_from_reference_rejects_unsupported_options(golden_dir):
-    _, meta, state_dict = _load_golden(golden_dir, "mobile_former")
+    _, meta, state_dict = load_golden(golden_dir, "mobile_former")
     constructor = dict(meta["constructor"], kwargs=dict(meta["constructor"]["kwargs"]))
     constructor["kwargs"]["gbr_type"] = "mlp"
     with pytest.raises(ValueError, match="gbr_type"):
@@ -119,15 +103,7 @@ def test_vmf_tiny_classifier_is_one_flat_graph():
     model = kvid.models.create("vmf_tiny", num_classes=10)
     assert model.input_shape == (None, 8, 64, 64, 3)
     assert model.output_shape == (None, 10)
-    assert not [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    lambdas = [layer.name for layer in model.layers if "Lambda" in type(layer).__name__]
-    assert not lambdas, lambdas  # no bare tf.* op between layers (tfmot rejects TFOpLambda)
-    graph = (
-        tf.function(lambda v: model(v, training=False))
-        .get_concrete_function(tf.TensorSpec((1, 8, 64, 64, 3)))
-        .graph
-    )
-    op_types = {op.type for op in graph.get_operations()}
+    op_types = {op.type for op in flat_graph_ops(model)}
     assert "Conv2D" in op_types and not any(t.startswith("Conv3D") for t in op_types)
 
 
@@ -175,7 +151,7 @@ def test_from_reference_builds_other_reference_configurations(variant):
     """Other widths, repeats, groups, token sizes, heads, flags and batch 2, each checked
     against logits of the reference PyTorch code (tests/golden/, made with its constructor)."""
     golden = REPO_ROOT / "tests" / "golden"
-    arrays, meta, state_dict = _load_golden(golden, variant)
+    arrays, meta, state_dict = load_golden(golden, variant)
     model = kvid.models.from_reference(
         {"family": meta["family"], "constructor": meta["constructor"]},
         state_dict,
@@ -184,7 +160,7 @@ def test_from_reference_builds_other_reference_configurations(variant):
     x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
     logits = model(x, training=False).numpy()
     assert logits.shape == arrays["logits"].shape
-    assert np.abs(logits - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+    assert np.abs(logits - arrays["logits"]).max() <= golden_tolerance(arrays["logits"])
 
 
 def test_variant_goldens_are_present():
@@ -192,7 +168,7 @@ def test_variant_goldens_are_present():
 
 
 def test_from_reference_rejects_attention_driven_slopes(golden_dir):
-    _, meta, state_dict = _load_golden(golden_dir, "mobile_former")
+    _, meta, state_dict = load_golden(golden_dir, "mobile_former")
     constructor = dict(meta["constructor"], kwargs=dict(meta["constructor"]["kwargs"]))
     constructor["kwargs"]["hyper_token_id"] = -1
     with pytest.raises(ValueError, match="hyper_token_id"):

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 
 import kvid
-from kvid.backend import keras, tf
+from kvid.backend import keras
 from kvid.models import posmlp
-from tests.helpers import qat_train_step, smooth_clips
+from tests.helpers import (
+    flat_graph_ops,
+    golden_tolerance,
+    load_golden,
+    qat_train_step,
+    smooth_clips,
+)
 
 PRESETS = kvid.models.list_presets("posmlp")
 EDGETPU_PRESETS = [p for p in PRESETS if p.endswith("_edgetpu")]
@@ -21,21 +27,6 @@ EDGETPU_FORBIDDEN_TF_OPS = {
 EDGETPU_FORBIDDEN_TFLITE_OPS = {
     "TRANSPOSE", "BATCH_MATMUL", "SOFTMAX", "GELU", "HARD_SWISH", "GATHER", "RSQRT", "CONV_3D",
 }  # fmt: skip
-
-
-def _tolerance(reference):
-    return 2e-5 * max(1.0, float(np.abs(reference).max()))
-
-
-def _load_golden(golden_dir):
-    arrays = np.load(golden_dir / "posmlp.npz")
-    meta = json.loads((golden_dir / "posmlp.json").read_text())
-    state_dict = {
-        k: arrays[k]
-        for k in arrays.files
-        if k not in ("input_uint8", "logits") and not k.startswith("feat__")
-    }
-    return arrays, meta, state_dict
 
 
 def _reference(meta, **cfg_changes):
@@ -65,7 +56,7 @@ def small_overrides(name: str, frames: int = 4, size: int = 64) -> dict:
 # Golden parity
 # ------------------------------------------------------------------------------------------------
 def test_golden_parity_logits_and_intermediates(golden_dir):
-    arrays, meta, state_dict = _load_golden(golden_dir)
+    arrays, meta, state_dict = load_golden(golden_dir, "posmlp")
     model = kvid.models.from_reference(_reference(meta), state_dict)
     assert kvid.profile.count_params(model) == meta["parameter_count"]
     endpoints = model.kvid_endpoints
@@ -83,24 +74,28 @@ def test_golden_parity_logits_and_intermediates(golden_dir):
     for feature, value in zip(taps, results[:-1], strict=False):
         expected = arrays[f"feat__{feature}"]
         value = value.numpy().reshape(expected.shape)  # frame-stacked -> (B, T, H, W, C)
-        assert np.abs(value - expected).max() <= _tolerance(expected), feature
-    assert np.abs(results[-1].numpy() - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+        assert np.abs(value - expected).max() <= golden_tolerance(expected), feature
+    assert np.abs(results[-1].numpy() - arrays["logits"]).max() <= golden_tolerance(
+        arrays["logits"]
+    )
 
 
 def test_golden_parity_fails_on_a_porting_mistake(golden_dir):
     """The parity check can fail: swapping U and V (fc1's halves) in one spatial unit breaks it."""
-    arrays, meta, state_dict = _load_golden(golden_dir)
+    arrays, meta, state_dict = load_golden(golden_dir, "posmlp")
     for suffix in ("weight", "bias"):
         key = f"blocks1.0.fc.encoder.fc1.{suffix}"
         half = state_dict[key].shape[0] // 2
         state_dict[key] = np.concatenate([state_dict[key][half:], state_dict[key][:half]])
     model = kvid.models.from_reference(_reference(meta), state_dict)
     x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
-    assert np.abs(model(x).numpy() - arrays["logits"]).max() > 100 * _tolerance(arrays["logits"])
+    assert np.abs(model(x).numpy() - arrays["logits"]).max() > 100 * golden_tolerance(
+        arrays["logits"]
+    )
 
 
 def test_from_reference_rejects_unused_missing_or_wrong_weights(golden_dir):
-    _, meta, state_dict = _load_golden(golden_dir)
+    _, meta, state_dict = load_golden(golden_dir, "posmlp")
     reference = _reference(meta)
     with pytest.raises(ValueError, match="not loaded"):
         kvid.models.from_reference(reference, dict(state_dict, extra=np.zeros(3)))
@@ -114,7 +109,7 @@ def test_from_reference_rejects_unused_missing_or_wrong_weights(golden_dir):
 
 
 def test_from_reference_rejects_unsupported_options(golden_dir):
-    _, meta, state_dict = _load_golden(golden_dir)
+    _, meta, state_dict = load_golden(golden_dir, "posmlp")
     with pytest.raises(ValueError, match="SHIFT"):
         kvid.models.from_reference(_reference(meta, **{"POSMLP_VIDEO.SHIFT": True}), state_dict)
     with pytest.raises(ValueError, match="WIN_SIZE_T"):
@@ -173,7 +168,7 @@ def reference_state_dict(cfg: dict, seed: int = 0) -> dict:
 def test_from_reference_builds_other_reference_configurations(golden_dir):
     """Other frame counts, widths, depths, windows and transitions (no downsampling where the
     reference's TRANSITIONS is False and the widths agree), at batch 2."""
-    _, meta, _ = _load_golden(golden_dir)
+    _, meta, _ = load_golden(golden_dir, "posmlp")
     reference = _reference(
         meta,
         WIN_SIZE=[8, 8, 4, 4],
@@ -259,25 +254,12 @@ def test_block_types_give_equal_training_and_deploy_forms(block_type):
     np.testing.assert_allclose(back(x).numpy(), expected, atol=1e-5 * np.abs(expected).max())
 
 
-def _batch_one_graph(model):
-    spec = tf.TensorSpec((1, *model.input_shape[1:]))
-    return tf.function(lambda v: model(v, training=False)).get_concrete_function(spec).graph
-
-
-def _function_ops(graph):
-    """Ops of the graph and of every function it calls (keras layers trace as functions)."""
-    ops = list(graph.get_operations())
-    for function in graph._functions.values():
-        ops += list(function.graph.get_operations()) if hasattr(function, "graph") else []
-    return ops
-
-
 @pytest.mark.parametrize("name", EDGETPU_PRESETS)
 def test_edgetpu_presets_obey_the_op_and_rank_rules(name):
     """At batch 1 every tensor after the input reshape has at most 3 dimensions above 1, and no
     op the Edge TPU lacks (transpose, batch matmul, softmax, GELU, LayerNorm's rsqrt) appears."""
     model = kvid.models.create(name, num_classes=5, **small_overrides(name, frames=4))
-    ops = _function_ops(_batch_one_graph(model))
+    ops = flat_graph_ops(model)
     types = {op.type for op in ops}
     assert not types & EDGETPU_FORBIDDEN_TF_OPS, types & EDGETPU_FORBIDDEN_TF_OPS
     assert "DepthwiseConv2dNative" in types

@@ -1,7 +1,6 @@
 """XViT: golden parity with the reference code, other reference configurations, presets, costs."""
 
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -10,25 +9,16 @@ from scipy.special import erf
 import kvid
 from kvid.backend import keras, tf
 from kvid.models import xvit
-from tests.helpers import qat_train_step, smooth_clips
+from tests.helpers import (
+    flat_graph_ops,
+    golden_tolerance,
+    load_golden,
+    qat_train_step,
+    smooth_clips,
+)
 
 REFERENCE_PARAMS, REFERENCE_MACS = 85.8e6, 281.0e9  # DESIGN.md section 6 (fvcore on the code)
 MOBILE_PRESETS = ("xvit_xs", "xvit_s", "xvit_m")
-
-
-def _tolerance(reference):
-    return 2e-5 * max(1.0, float(np.abs(reference).max()))
-
-
-def _load_golden(golden_dir):
-    arrays = np.load(golden_dir / "xvit.npz")
-    meta = json.loads((golden_dir / "xvit.json").read_text())
-    state_dict = {
-        k: arrays[k]
-        for k in arrays.files
-        if k not in ("input_uint8", "logits") and not k.startswith("feat__")
-    }
-    return arrays, meta, state_dict
 
 
 def _reference(meta, **cfg):
@@ -136,7 +126,7 @@ def _numpy_logits(sd, clip, cfg):
 
 
 def test_golden_parity_logits_and_intermediates(golden_dir):
-    arrays, meta, state_dict = _load_golden(golden_dir)
+    arrays, meta, state_dict = load_golden(golden_dir, "xvit")
     model = kvid.models.from_reference(_reference(meta), state_dict)
     new_fc = state_dict["new_fc.weight"].size + state_dict["new_fc.bias"].size  # unused
     assert kvid.profile.count_params(model) == meta["parameter_count"] - new_fc
@@ -153,16 +143,16 @@ def test_golden_parity_logits_and_intermediates(golden_dir):
     for feature, value in zip(taps, results[:-1], strict=False):
         expected = arrays[f"feat__{feature}"]
         assert value.shape == expected.shape, feature
-        assert np.abs(value.numpy() - expected).max() <= _tolerance(expected), feature
+        assert np.abs(value.numpy() - expected).max() <= golden_tolerance(expected), feature
     logits = results[-1].numpy()
-    assert np.abs(logits - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+    assert np.abs(logits - arrays["logits"]).max() <= golden_tolerance(arrays["logits"])
 
 
 def test_numpy_port_of_the_reference_reproduces_the_golden_logits(golden_dir):
-    arrays, meta, state_dict = _load_golden(golden_dir)
+    arrays, meta, state_dict = load_golden(golden_dir, "xvit")
     x = arrays["input_uint8"].astype(np.float64) / 255.0
     logits = _numpy_logits(state_dict, x, meta["constructor"]["cfg"])
-    assert np.abs(logits - arrays["logits"]).max() <= _tolerance(arrays["logits"])
+    assert np.abs(logits - arrays["logits"]).max() <= golden_tolerance(arrays["logits"])
 
 
 @pytest.mark.parametrize(
@@ -172,10 +162,12 @@ def test_numpy_port_of_the_reference_reproduces_the_golden_logits(golden_dir):
 )
 def test_golden_parity_fails_on_a_shift_mistake(golden_dir, cfg):
     """The parity check can fail: the golden weights with another shift miss the logits."""
-    arrays, meta, state_dict = _load_golden(golden_dir)
+    arrays, meta, state_dict = load_golden(golden_dir, "xvit")
     model = kvid.models.from_reference(_reference(meta, **cfg), state_dict)
     x = arrays["input_uint8"].astype(np.float32) / np.float32(255.0)
-    assert np.abs(model(x).numpy() - arrays["logits"]).max() > 100 * _tolerance(arrays["logits"])
+    assert np.abs(model(x).numpy() - arrays["logits"]).max() > 100 * golden_tolerance(
+        arrays["logits"]
+    )
 
 
 def _random_state_dict(golden, head_layers, head_heads, mlp_dim, classes, seed):
@@ -233,7 +225,7 @@ OTHER_CONFIGURATIONS = {
 def test_from_reference_builds_other_reference_configurations(golden_dir, variant):
     """Other frame counts, chunked shifts, shift sizes and placements, head sizes and the `avg`
     consensus (batch 2), against the NumPy port of the reference."""
-    arrays, meta, golden = _load_golden(golden_dir)
+    arrays, meta, golden = load_golden(golden_dir, "xvit")
     frames, cfg = OTHER_CONFIGURATIONS[variant]
     cfg = dict(meta["constructor"]["cfg"], **cfg, **{"DATA.NUM_FRAMES": frames})
     head_heads = cfg.get("TEMPORAL_HEAD.NUM_ATTENTION_HEADS", 3)
@@ -253,11 +245,11 @@ def test_from_reference_builds_other_reference_configurations(golden_dir, varian
     expected = _numpy_logits(sd, clip.astype(np.float64), cfg)
     logits = model(clip, training=False).numpy()
     assert logits.shape == (batch, classes)
-    assert np.abs(logits - expected).max() <= _tolerance(expected)
+    assert np.abs(logits - expected).max() <= golden_tolerance(expected)
 
 
 def test_from_reference_rejects_unused_or_missing_weights(golden_dir):
-    _, meta, state_dict = _load_golden(golden_dir)
+    _, meta, state_dict = load_golden(golden_dir, "xvit")
     with pytest.raises(ValueError, match="not loaded"):
         kvid.models.from_reference(_reference(meta), dict(state_dict, extra=np.zeros(3)))
     del state_dict["base_model.blocks.1.attn.qkv.bias"]
@@ -274,7 +266,7 @@ def test_from_reference_rejects_unused_or_missing_weights(golden_dir):
     ],
 )
 def test_from_reference_rejects_unsupported_options(golden_dir, cfg, match):
-    _, meta, state_dict = _load_golden(golden_dir)
+    _, meta, state_dict = load_golden(golden_dir, "xvit")
     with pytest.raises(ValueError, match=match):
         kvid.models.from_reference(_reference(meta, **cfg), state_dict)
 
@@ -328,14 +320,7 @@ def test_every_preset_runs_at_its_reference_input(name):
 def test_xvit_tiny_is_one_flat_graph_without_gather_roll_or_conv3d():
     model = kvid.models.create("xvit_tiny", num_classes=10)
     assert model.input_shape == (None, 8, 64, 64, 3) and model.output_shape == (None, 10)
-    assert not [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    assert not [layer.name for layer in model.layers if "Lambda" in type(layer).__name__]
-    graph = (
-        tf.function(lambda v: model(v, training=False))
-        .get_concrete_function(tf.TensorSpec((1, 8, 64, 64, 3)))
-        .graph
-    )
-    op_types = {op.type for op in graph.get_operations()}
+    op_types = {op.type for op in flat_graph_ops(model)}
     assert "DepthwiseConv2dNative" in op_types  # the shift
     assert not op_types & {"GatherV2", "GatherNd", "Roll", "Conv3D"}, op_types
 
