@@ -204,10 +204,10 @@ def _plan_rotate_clockwise(sc: _Scene) -> list[Track]:
     # Increasing angle is clockwise on screen (y points down). The turning object is always
     # notched (other classes draw notched objects too, so the shape tells nothing about the
     # class): a turn of a symmetric silhouette shows only in its texture's fine motion, which the
-    # small presets do not learn to read, while the notch travels 20-35 pixels around the centre,
-    # a motion at the scale of the other classes'. Its texture must not alias in time: at stride 2
-    # the rim moves `step` radii per sampled frame against a stripe period of `2 / frequency`
-    # radii, so the turn (at most 160 degrees, 21 per sampled frame) is paired with coarse stripes
+    # small presets do not learn to read, while the notch's rim travels 16-42 pixels (radius 9-15
+    # pixels), a motion at the scale of the other classes'. Its texture must not alias in time:
+    # at stride 2 the rim moves `step` radii per sampled frame against a stripe period of
+    # `2 / frequency` radii, so the turn (at most 160 degrees, 21 per sampled frame) is paired with coarse stripes
     # or checkers (frequency at most 1.25) to keep that ratio below 0.3 (faster turns alias into
     # the opposite direction). The smooth-noise texture has no such bound and is not used here.
     sprite = dataclasses.replace(
