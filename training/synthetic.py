@@ -207,9 +207,10 @@ def _plan_rotate_clockwise(sc: _Scene) -> list[Track]:
     # small presets do not learn to read, while the notch's rim travels 16-42 pixels (radius 9-15
     # pixels), a motion at the scale of the other classes'. Its texture must not alias in time:
     # at stride 2 the rim moves `step` radii per sampled frame against a stripe period of
-    # `2 / frequency` radii, so the turn (at most 160 degrees, 21 per sampled frame) is paired with coarse stripes
-    # or checkers (frequency at most 1.25) to keep that ratio below 0.3 (faster turns alias into
-    # the opposite direction). The smooth-noise texture has no such bound and is not used here.
+    # `2 / frequency` radii, so the turn (at most 160 degrees, 21 per sampled frame) is paired
+    # with coarse stripes or checkers (frequency at most 1.25) to keep that ratio below 0.3
+    # (faster turns alias into the opposite direction). The smooth-noise texture has no such
+    # bound and is not used here.
     sprite = dataclasses.replace(
         sc.sprite((9, 15)),
         shape="notched",
