@@ -24,10 +24,14 @@ import time
 
 import kvid
 
-CONFIGS = {  # name -> preset overrides
-    "shift+temporal_attention": {},
+CONFIGS = {  # name -> preset overrides (the head is always named: the flagfile sets one too)
+    "shift+temporal_attention": {"head": "temporal_attention"},
     "shift+mean": {"head": "mean"},
-    "no_shift+temporal_attention": {"shift_div": 0, "stem_shift_div": 0},
+    "no_shift+temporal_attention": {
+        "shift_div": 0,
+        "stem_shift_div": 0,
+        "head": "temporal_attention",
+    },
     "no_shift+mean": {"shift_div": 0, "stem_shift_div": 0, "head": "mean"},
 }
 
