@@ -24,15 +24,17 @@ import time
 
 import kvid
 
+_BASE = {"summary_tokens": False}  # the flagfile turns them on; the ablation is without them
 CONFIGS = {  # name -> preset overrides (the head is always named: the flagfile sets one too)
-    "shift+temporal_attention": {"head": "temporal_attention"},
-    "shift+mean": {"head": "mean"},
+    "shift+temporal_attention": {**_BASE, "head": "temporal_attention"},
+    "shift+mean": {**_BASE, "head": "mean"},
     "no_shift+temporal_attention": {
+        **_BASE,
         "shift_div": 0,
         "stem_shift_div": 0,
         "head": "temporal_attention",
     },
-    "no_shift+mean": {"shift_div": 0, "stem_shift_div": 0, "head": "mean"},
+    "no_shift+mean": {**_BASE, "shift_div": 0, "stem_shift_div": 0, "head": "mean"},
 }
 
 
