@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from kvid.backend import keras, tf
 from kvid.layers.base import QuantizableLayer, build_sublayer, register
 from kvid.layers.bridge import merge_heads, split_heads
@@ -50,6 +52,19 @@ def window_merge(x, window_size, video_shape):
     x = tf.reshape(x, (-1, n_h, n_w, l_t, l_h, l_w * channels))
     x = tf.transpose(x, (0, 3, 1, 4, 2, 5))  # (B * T/t, t, n_h, h, n_w, w * C)
     return tf.reshape(x, (-1, frames, height, width, channels))
+
+
+def relative_position_index(window_size) -> np.ndarray:
+    """`(L, L)` int32: the table row of query `i` and key `j` of a `(t, h, w)` window.
+
+    Row `((dt + t - 1) * (2h - 1) + dy + h - 1) * (2w - 1) + dx + w - 1` for the offset
+    `(dt, dy, dx)` = position of `i` - position of `j`, tokens in (t, h, w) raster order.
+    """
+    spans = [2 * w - 1 for w in window_size]
+    coords = np.stack(np.meshgrid(*[np.arange(w) for w in window_size], indexing="ij"), -1)
+    coords = coords.reshape(-1, 3)
+    offsets = coords[:, None, :] - coords[None, :, :] + np.array(window_size) - 1
+    return np.ravel_multi_index(tuple(np.moveaxis(offsets, -1, 0)), spans).astype(np.int32)
 
 
 def check_window(window_size, resolution, where: str) -> None:
@@ -141,12 +156,18 @@ class _Attention(QuantizableLayer):
         build_sublayer(layer, (None, channels))
         return layer
 
-    def _attend(self, q, k, v, training):
-        """q (B', N, C), k and v (B', S, C) -> (B', N, C): softmax over the S keys per head."""
+    def _attend(self, q, k, v, training, bias=None):
+        """q (B', N, C), k and v (B', S, C) -> (B', N, C): softmax over the S keys per head.
+
+        `bias` (heads, N, S), if given, is added to the scaled scores.
+        """
         q = split_heads(q, self.num_heads)
         k = split_heads(k, self.num_heads)
         v = split_heads(v, self.num_heads)
-        scores = self.fq("scores", tf.matmul(q, k, transpose_b=True) * self.scale, training)
+        scores = tf.matmul(q, k, transpose_b=True) * self.scale
+        if bias is not None:
+            scores = scores + bias
+        scores = self.fq("scores", scores, training)
         attn = self.fq_softmax(tf.nn.softmax(scores, axis=-1))
         return self.fq("attended", merge_heads(tf.matmul(attn, v)), training)
 
@@ -165,15 +186,22 @@ class LocalWindowAttention(_Attention):
 
     Per window of `t x h x w` tokens (DualFormer `LWAttention`): `Q, K, V = X W_q, X W_k, X W_v`
     (the reference's `qkv` Linear, split qkv-major), `A = softmax(Q K^T (C/h)^-1/2)` per head,
-    `O = concat_heads(A V) W_o + b_o`. No shift, no mask, no position bias. The softmax spans
-    `t * h * w` keys (392 at the reference's 8x7x7): an int8 SOFTMAX (output scale 1/256) keeps it
-    only if the window is small (DESIGN.md section 7).
+    `O = concat_heads(A V) W_o + b_o`. No shift, no mask and, as in the reference, no position
+    bias unless `relative_position_bias` is set. The softmax spans `t * h * w` keys (392 at the
+    reference's 8x7x7): an int8 SOFTMAX (output scale 1/256) keeps it only if the window is
+    small (DESIGN.md section 7).
 
     Args:
       num_heads: attention heads.
       window_size: `(t, h, w)` window; must divide the input's `(frames, height, width)`.
       qkv_bias: bias on the query/key/value projections.
       qk_scale: score scale; None for `(channels / num_heads)^-1/2`.
+      relative_position_bias: not in DualFormer. Adds a learned bias `B[h, dt, dy, dx]` per head
+        and relative offset of query and key inside the window to the scores (the Swin / Video
+        Swin table of `(2t-1)(2h-1)(2w-1)` entries per head), so that attention can tell where a
+        key sits relative to its query; without it attention inside a window is blind to
+        position. The table lookup has constant indices: the converter folds it into one
+        constant per layer.
 
     Input shape: `(batch, frames, height, width, channels)` (already layer-normed).
     Output shape: same.
@@ -186,9 +214,11 @@ class LocalWindowAttention(_Attention):
     quant_points = ("query", "key", "value", "scores", "attended")
 
     def __init__(self, num_heads: int = 1, window_size=(8, 7, 7), qkv_bias: bool = True,
-                 qk_scale: float | None = None, **kwargs):  # fmt: skip
+                 qk_scale: float | None = None, relative_position_bias: bool = False,
+                 **kwargs):  # fmt: skip
         super().__init__(num_heads, qkv_bias, qk_scale, **kwargs)
         self.window_size = as_triple(window_size)
+        self.relative_position_bias = bool(relative_position_bias)
 
     def build(self, input_shape):
         _, frames, height, width, channels = input_shape
@@ -198,21 +228,38 @@ class LocalWindowAttention(_Attention):
         self.k = self._dense("k", channels, self.qkv_bias)
         self.v = self._dense("v", channels, self.qkv_bias)
         self.proj = self._dense("proj", channels, True)
+        if self.relative_position_bias:
+            self.relative_position_table = self.add_weight(
+                name="relative_position_table",
+                shape=(math.prod(2 * w - 1 for w in self.window_size), self.num_heads),
+                initializer=keras.initializers.get(LINEAR_INITIALIZER),
+            )
+            self.relative_position_index = relative_position_index(self.window_size)
         self.build_quant_points()
         super().build(input_shape)
+
+    def position_bias(self):
+        """`(heads, L, L)` bias of query `i` and key `j` of a window (raster order), or None."""
+        if not self.relative_position_bias:
+            return None
+        length = math.prod(self.window_size)
+        bias = tf.gather(self.relative_position_table, self.relative_position_index.reshape(-1))
+        return tf.transpose(tf.reshape(bias, (length, length, self.num_heads)), (2, 0, 1))
 
     def call(self, inputs, training=None):
         windows = window_partition(inputs, self.window_size)  # (B * n, L, C)
         q = self.fq("query", self.q(windows), training)
         k = self.fq("key", self.k(windows), training)
         v = self.fq("value", self.v(windows), training)
-        attended = self._attend(q, k, v, training)
+        attended = self._attend(q, k, v, training, self.position_bias())
         # the projection is per token: applied after the merge, on the video layout
         return self.proj(window_merge(attended, self.window_size, inputs.shape[1:]))
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(window_size=list(self.window_size))
+        config.update(
+            window_size=list(self.window_size), relative_position_bias=self.relative_position_bias
+        )
         return config
 
 

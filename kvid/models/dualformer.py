@@ -62,6 +62,7 @@ DEFAULTS = dict(
     coarse_first_kernel=COARSE_FIRST_KERNEL,
     qkv_bias=True,
     qk_scale=None,
+    window_position_bias=False,  # not in the reference: LW-MSA's relative position bias
     peg_form="full",
     drop_path_rate=0.1,
     dropout_rate=0.5,
@@ -218,7 +219,8 @@ def _layer(x, cfg: dict, stage: int, index: int, drop_path: float, name: str):
     common = dict(qkv_bias=cfg["qkv_bias"], qk_scale=cfg["qk_scale"], name=f"{name}_attn")
     if index % 2 == 0:
         y = LocalWindowAttention(
-            cfg["num_heads"][stage], cfg["window_sizes"][stage], **common
+            cfg["num_heads"][stage], cfg["window_sizes"][stage],
+            relative_position_bias=cfg["window_position_bias"], **common,
         )(y)  # fmt: skip
     else:
         y = GlobalPyramidAttention(

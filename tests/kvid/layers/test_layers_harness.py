@@ -35,6 +35,11 @@ CASES = [
     (layers.PEG, dict(form="factorized"), [VIDEO]),
     (layers.LocalWindowAttention, dict(num_heads=2, window_size=(2, 4, 4)), [VIDEO]),
     (
+        layers.LocalWindowAttention,
+        dict(num_heads=2, window_size=(2, 2, 4), relative_position_bias=True),
+        [VIDEO],
+    ),  # fmt: skip
+    (
         layers.GlobalPyramidAttention,
         dict(
             num_heads=2,

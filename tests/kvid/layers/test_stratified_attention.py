@@ -8,7 +8,12 @@ import pytest
 from kvid.backend import tf
 from kvid.layers import PEG, GlobalPyramidAttention, LocalWindowAttention, TubeletConv
 from kvid.layers.peg import peg_kernel_from_conv3d
-from kvid.layers.stratified_attention import pyramid_kernels, window_merge, window_partition
+from kvid.layers.stratified_attention import (
+    pyramid_kernels,
+    relative_position_index,
+    window_merge,
+    window_partition,
+)
 from kvid.layers.tubelet_conv import conv3d_kernel_to_tubelet
 
 RNG = np.random.default_rng(0)
@@ -45,13 +50,14 @@ def _softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def _mha(q, k, v, heads):
-    """(N, C), (S, C), (S, C) -> (N, C), head-major split, scale (C/h)^-1/2."""
+def _mha(q, k, v, heads, bias=None):
+    """(N, C), (S, C), (S, C) -> (N, C), head-major split, scale (C/h)^-1/2, bias (h, N, S)."""
     depth = q.shape[-1] // heads
     out = []
     for h in range(heads):
         cols = slice(h * depth, (h + 1) * depth)
-        attn = _softmax(q[:, cols] @ k[:, cols].T * depth**-0.5)
+        scores = q[:, cols] @ k[:, cols].T * depth**-0.5
+        attn = _softmax(scores if bias is None else scores + bias[h])
         out.append(attn @ v[:, cols])
     return np.concatenate(out, -1)
 
@@ -104,6 +110,46 @@ def test_local_window_attention_matches_numpy():
                     out = _dense(layer.proj, _mha(q, k, v, heads))
                     expected[b, t0 : t0 + 2, h0 : h0 + 2, w0 : w0 + 3] = out.reshape(2, 2, 3, 8)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_relative_position_index_is_one_row_per_offset():
+    window = (2, 3, 4)
+    index = relative_position_index(window)
+    coords = [(t, h, w) for t in range(2) for h in range(3) for w in range(4)]
+    rows = {}
+    for i, a in enumerate(coords):
+        for j, b in enumerate(coords):
+            offset = tuple(x - y for x, y in zip(a, b))
+            assert rows.setdefault(offset, index[i, j]) == index[i, j]
+    assert len(rows) == len(set(rows.values())) == 3 * 5 * 7  # a bijection onto the table
+    assert index[0, 0] == (1 * 5 + 2) * 7 + 3  # offset (0, 0, 0) is the table's centre
+
+
+def test_local_window_attention_with_relative_position_bias_matches_numpy():
+    heads, window = 2, (2, 2, 3)
+    x = _randn(1, 2, 4, 6, 8)
+    layer = LocalWindowAttention(heads, window, relative_position_bias=True)
+    layer.build(x.shape)
+    table = _randn(3 * 3 * 5, heads)
+    layer.relative_position_table.assign(table)
+    got = layer(tf.constant(x)).numpy()
+    coords = [(t, h, w) for t in range(2) for h in range(2) for w in range(3)]
+    bias = np.zeros((heads, 12, 12), np.float32)
+    for i, (t, h, w) in enumerate(coords):
+        for j, (u, g, v) in enumerate(coords):
+            bias[:, i, j] = table[((t - u + 1) * 3 + h - g + 1) * 5 + w - v + 2]
+    for h0 in range(0, 4, 2):
+        for w0 in range(0, 6, 3):
+            block = x[0, :, h0 : h0 + 2, w0 : w0 + 3].reshape(-1, 8)
+            q, k, v = (_dense(d, block) for d in (layer.q, layer.k, layer.v))
+            out = _dense(layer.proj, _mha(q, k, v, heads, bias)).reshape(2, 2, 3, 8)
+            np.testing.assert_allclose(
+                got[0, :, h0 : h0 + 2, w0 : w0 + 3], out, rtol=1e-4, atol=1e-5
+            )
+    # the bias is what makes the layer position-aware: without it the same weights give another
+    # output (the table is far from zero)
+    layer.relative_position_table.assign(np.zeros_like(table))
+    assert np.abs(layer(tf.constant(x)).numpy() - got).max() > 1e-3
 
 
 def test_window_that_does_not_tile_names_the_layer():
