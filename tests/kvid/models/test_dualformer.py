@@ -185,6 +185,20 @@ def test_cpu_preset_is_one_flat_graph_without_conv3d_and_roundtrips_through_json
     np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_window_position_bias_adds_one_table_per_local_window_layer():
+    plain = kvid.models.create("dualformer_cpu", num_classes=14)
+    biased = kvid.models.create("dualformer_cpu", num_classes=14, window_position_bias=True)
+    config = dualformer.resolve_config("dualformer_cpu", {})
+    tables = 0
+    for stage, depth in enumerate(config["depths"]):
+        t, h, w = config["window_sizes"][stage]
+        lw_layers = (depth + 1) // 2  # LW-MSA at even indices
+        tables += lw_layers * (2 * t - 1) * (2 * h - 1) * (2 * w - 1) * config["num_heads"][stage]
+    assert biased.count_params() - plain.count_params() == tables
+    assert biased.get_layer("stage0_layer0_attn").relative_position_bias
+    assert not plain.get_layer("stage0_layer0_attn").relative_position_bias
+
+
 def test_config_errors_name_the_stage_and_field():
     with pytest.raises(ValueError, match=r"Unknown override\(s\) \['windows'\].*valid fields"):
         kvid.models.create("dualformer_cpu", num_classes=3, windows=2)
