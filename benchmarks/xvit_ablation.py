@@ -8,7 +8,7 @@ float model on the test split with kvid-eval: overall top-1 and the accuracy on 
 (classes that differ only in the order of the same frames; mean pooling without the shift cannot
 tell them apart). Everything else is the flagfile's.
 
-Usage (from the repository root; about 4x one xvit.flags float run):
+Usage (from the repository root; with --epochs 20 about 4x a 20-epoch xvit.flags float run):
   python benchmarks/xvit_ablation.py --epochs 20
   python benchmarks/xvit_ablation.py --epochs 6 --reuse    # rerun only the missing evaluations
 """
