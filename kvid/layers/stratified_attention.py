@@ -1,11 +1,11 @@
 """DualFormer's stratified attention: local window MSA (LW-MSA) and global pyramid MSA (GP-MSA).
 
 DualFormer (Liang et al., arXiv 2112.04674, `sail-sg/dualformer`) alternates two pre-norm
-Transformer layers: LW-MSA attends within non-overlapping 3D windows (no shift, no relative
-bias); GP-MSA lets every query attend to a small set of keys pooled from the whole clip by
-depthwise convolutions (a fine level, and in the first two stages a coarse level). Both take the
-`(batch, frames, height, width, channels)` tensor; the window partition is one 6-D TRANSPOSE and
-every batch matmul is 4-D.
+Transformer layers: LW-MSA attends within non-overlapping 3D windows (no shift; a relative
+position bias only as an option); GP-MSA lets every query attend to a small set of keys pooled
+from the whole clip by depthwise convolutions (a fine level, and in the first two stages a
+coarse level). Both take the `(batch, frames, height, width, channels)` tensor; the window
+partition is one 6-D TRANSPOSE and every batch matmul is 4-D.
 
 Heads split the channels head-major (head j owns channels `[j * C / h, (j + 1) * C / h)`) and
 the scores are scaled by `(C / h)^-1/2`, as in the reference.
