@@ -12,7 +12,8 @@ pool, dropout and a linear layer.
 Window and pyramid kernels follow from the input size, so a reduced input is the preset plus
 matching `window_sizes` / `fine_pyramid_sizes` / `coarse_pyramid_sizes` overrides. The int8
 presets keep every softmax at <= 64 keys (DESIGN.md section 7). `conv_stem` (not in the
-reference) puts 3x3 stride-2 convolutions before the tubelet embedding, for small training sets.
+reference) puts 3x3 stride-2 convolutions before the tubelet embedding, for small training sets;
+`stem_shift_div` follows each with XViT's temporal channel shift.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from kvid.layers import (
     LayerNorm,
     LocalWindowAttention,
     Normalize,
+    TemporalShift,
     TubeletConv,
 )
 from kvid.layers.stratified_attention import (
@@ -51,6 +53,7 @@ DEFAULTS = dict(
     input_std=IMAGENET_STD,
     patch_size=(2, 4, 4),
     conv_stem=(),  # channels of 3x3 stride-2 per-frame conv+BN+ReLU6 layers before the patches
+    stem_shift_div=0,  # temporal channel shift (TSM) after each conv_stem layer; 0: none
     embed_dims=(64, 128, 256, 512),
     num_heads=(2, 4, 8, 16),
     depths=(2, 2, 10, 4),
@@ -253,6 +256,8 @@ def backbone_tensors(inputs, cfg: dict) -> tuple[keras.KerasTensor, dict]:
     for index, channels in enumerate(cfg["conv_stem"]):
         x = FrameConv(channels, 3, strides=2, activation="relu6", bn_epsilon=cfg["bn_epsilon"],
                       name=f"conv_stem{index}")(x)  # fmt: skip
+        if cfg["stem_shift_div"]:
+            x = TemporalShift(cfg["stem_shift_div"], name=f"conv_stem{index}_shift")(x)
     total = sum(cfg["depths"])
     done = 0
     for stage, depth in enumerate(cfg["depths"]):
