@@ -199,6 +199,26 @@ def test_window_position_bias_adds_one_table_per_local_window_layer():
     assert not plain.get_layer("stage0_layer0_attn").relative_position_bias
 
 
+@pytest.mark.parametrize("shift_div", [0, 4])
+def test_stem_shift_widens_the_first_tubelets_temporal_reach(shift_div):
+    # dualformer_cpu's first tubelet spans frames 0-1. Each stem shift pulls channels from the
+    # next frame, so with two shifted stem layers token 0 also reads frames 2 and 3, never 4.
+    model = kvid.models.create("dualformer_cpu", num_classes=14, stem_shift_div=shift_div)
+    embed = keras.Model(model.input, model.get_layer(model.kvid_endpoints["patch_embed0"]).output)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (1, 8, 64, 64, 3)).astype("float32")
+    base = embed(x).numpy()[:, 0]
+    changed = []
+    for frame in range(8):
+        y = x.copy()
+        y[:, frame] = rng.uniform(0, 1, (64, 64, 3))
+        changed.append(not np.allclose(embed(y).numpy()[:, 0], base, atol=1e-6))
+    reach = 4 if shift_div else 2
+    assert changed == [True] * reach + [False] * (8 - reach)
+    shifts = [layer.name for layer in model.layers if isinstance(layer, kvid.layers.TemporalShift)]
+    assert shifts == (["conv_stem0_shift", "conv_stem1_shift"] if shift_div else [])
+
+
 def test_config_errors_name_the_stage_and_field():
     with pytest.raises(ValueError, match=r"Unknown override\(s\) \['windows'\].*valid fields"):
         kvid.models.create("dualformer_cpu", num_classes=3, windows=2)
