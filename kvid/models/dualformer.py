@@ -66,6 +66,7 @@ DEFAULTS = dict(
     qkv_bias=True,
     qk_scale=None,
     window_position_bias=False,  # not in the reference: LW-MSA's relative position bias
+    mlp_dwconv=0,  # not in the reference: per-frame depthwise k x k conv after fc1; 0: none
     peg_form="full",
     drop_path_rate=0.1,
     dropout_rate=0.5,
@@ -193,6 +194,8 @@ def check_config(name: str, config: dict, exact_pyramids: bool = True) -> None:
                     f"{where}: the pyramid poolings {kernels} do not tile the "
                     f"{'x'.join(map(str, resolution))} feature map."
                 )
+    if config["mlp_dwconv"] and (config["mlp_dwconv"] < 0 or config["mlp_dwconv"] % 2 == 0):
+        raise ValueError(f"{name}: mlp_dwconv must be 0 (none) or an odd kernel size.")
     if config["peg_form"] not in ("full", "factorized"):
         raise ValueError(f"{name}: peg_form must be 'full' or 'factorized'.")
 
@@ -242,6 +245,9 @@ def _layer(x, cfg: dict, stage: int, index: int, drop_path: float, name: str):
     y = keras.layers.Dense(
         int(dim * cfg["mlp_ratios"][stage]), kernel_initializer=_linear_init(), name=f"{name}_fc1"
     )(y)
+    if cfg["mlp_dwconv"]:
+        y = FrameConv(kernel_size=cfg["mlp_dwconv"], depthwise=True, use_bias=True,
+                      batch_norm=False, name=f"{name}_dwconv")(y)  # fmt: skip
     y = keras.layers.Activation("gelu", name=f"{name}_gelu")(y)  # exact (erf) GELU
     y = keras.layers.Dense(dim, kernel_initializer=_linear_init(), name=f"{name}_fc2")(y)
     if drop_path > 0:
