@@ -58,6 +58,7 @@ class FrameConv(QuantizableLayer):
       activation: None, "relu", "relu6" or "hard_swish".
       bn_epsilon: batch-norm epsilon (PyTorch default 1e-5).
       bn_momentum: batch-norm moving-average momentum (PyTorch's 0.1 is Keras' 0.9).
+      kernel_initializer: the convolution kernel's initializer (default: Keras' glorot uniform).
 
     Input shape: `(batch, frames, height, width, channels)`.
     Output shape: `(batch, frames, height / strides, width / strides, filters)`.
@@ -80,6 +81,7 @@ class FrameConv(QuantizableLayer):
         activation: str | None = None,
         bn_epsilon: float = 1e-5,
         bn_momentum: float = 0.9,
+        kernel_initializer="glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -98,6 +100,7 @@ class FrameConv(QuantizableLayer):
         self.activation = activation
         self.bn_epsilon = bn_epsilon
         self.bn_momentum = bn_momentum
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self._padding = "same" if strides == 1 else "valid"
         if depthwise:
             self.conv = keras.layers.DepthwiseConv2D(
@@ -106,6 +109,7 @@ class FrameConv(QuantizableLayer):
                 padding=self._padding,
                 depth_multiplier=depth_multiplier,
                 use_bias=use_bias,
+                depthwise_initializer=self.kernel_initializer,
                 name="conv",
             )
         else:
@@ -116,6 +120,7 @@ class FrameConv(QuantizableLayer):
                 padding=self._padding,
                 groups=groups,
                 use_bias=use_bias,
+                kernel_initializer=self.kernel_initializer,
                 name="conv",
             )
         self.bn = _batch_norm(bn_epsilon, bn_momentum, "bn") if batch_norm else None
@@ -163,6 +168,7 @@ class FrameConv(QuantizableLayer):
             activation=self.activation,
             bn_epsilon=self.bn_epsilon,
             bn_momentum=self.bn_momentum,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config
 

@@ -246,8 +246,11 @@ def _layer(x, cfg: dict, stage: int, index: int, drop_path: float, name: str):
         int(dim * cfg["mlp_ratios"][stage]), kernel_initializer=_linear_init(), name=f"{name}_fc1"
     )(y)
     if cfg["mlp_dwconv"]:
-        y = FrameConv(kernel_size=cfg["mlp_dwconv"], depthwise=True, use_bias=True,
-                      batch_norm=False, name=f"{name}_dwconv")(y)  # fmt: skip
+        # PVTv2's Mix-FFN: fan-out (k * k) He init, so the conv starts at about unit gain
+        k = cfg["mlp_dwconv"]
+        y = FrameConv(kernel_size=k, depthwise=True, use_bias=True, batch_norm=False,
+                      kernel_initializer=keras.initializers.RandomNormal(stddev=math.sqrt(2 / k**2)),
+                      name=f"{name}_dwconv")(y)  # fmt: skip
     y = keras.layers.Activation("gelu", name=f"{name}_gelu")(y)  # exact (erf) GELU
     y = keras.layers.Dense(dim, kernel_initializer=_linear_init(), name=f"{name}_fc2")(y)
     if drop_path > 0:
