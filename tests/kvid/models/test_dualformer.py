@@ -219,6 +219,27 @@ def test_stem_shift_widens_the_first_tubelets_temporal_reach(shift_div):
     assert shifts == (["conv_stem0_shift", "conv_stem1_shift"] if shift_div else [])
 
 
+@pytest.mark.parametrize("kernel", [0, 3])
+def test_mlp_dwconv_mixes_the_spatial_neighbours_of_the_same_frame(kernel):
+    # The MLP half of a layer is per token; its depthwise conv reaches exactly the k x k
+    # neighbours in the same frame (padding "same"), never another frame.
+    model = kvid.models.create("dualformer_cpu", num_classes=14, mlp_dwconv=kernel)
+    mlp = keras.Model(
+        model.get_layer("stage0_layer0_add1").output, model.get_layer("stage0_layer0_add2").output
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (1, 4, 16, 16, 16)).astype("float32")
+    y = x.copy()
+    y[0, 1, 5, 9] += rng.normal(0, 1, 16)
+    moved = np.abs(mlp(y).numpy() - mlp(x).numpy()).max(axis=-1)[0] > 1e-6
+    expected = np.zeros((4, 16, 16), bool)
+    half = kernel // 2
+    expected[1, 5 - half : 6 + half, 9 - half : 10 + half] = True
+    np.testing.assert_array_equal(moved, expected)
+    convs = [layer.name for layer in model.layers if layer.name.endswith("_dwconv")]
+    assert len(convs) == (8 if kernel else 0)
+
+
 def test_config_errors_name_the_stage_and_field():
     with pytest.raises(ValueError, match=r"Unknown override\(s\) \['windows'\].*valid fields"):
         kvid.models.create("dualformer_cpu", num_classes=3, windows=2)
@@ -233,6 +254,8 @@ def test_config_errors_name_the_stage_and_field():
         kvid.models.create("dualformer_cpu", num_classes=3, window_sizes=((2, 4, 4),))
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         kvid.models.create("dualformer_cpu", num_classes=3, num_frames=7)
+    with pytest.raises(ValueError, match="dualformer_cpu: mlp_dwconv must be 0 .* odd"):
+        kvid.models.create("dualformer_cpu", num_classes=3, mlp_dwconv=2)
 
 
 @pytest.mark.slow
