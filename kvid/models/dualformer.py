@@ -67,6 +67,7 @@ DEFAULTS = dict(
     qk_scale=None,
     window_position_bias=False,  # not in the reference: LW-MSA's relative position bias
     mlp_dwconv=0,  # not in the reference: per-frame depthwise k x k conv after fc1; 0: none
+    mlp_shift_div=0,  # not in the reference: temporal channel shift before fc1; 0: none
     peg_form="full",
     drop_path_rate=0.1,
     dropout_rate=0.5,
@@ -242,6 +243,8 @@ def _layer(x, cfg: dict, stage: int, index: int, drop_path: float, name: str):
         y = DropPath(drop_path, name=f"{name}_drop_path1")(y)
     x = keras.layers.Add(name=f"{name}_add1")([x, y])
     y = LayerNorm(cfg["epsilon"], name=f"{name}_norm2")(x)
+    if cfg["mlp_shift_div"]:
+        y = TemporalShift(cfg["mlp_shift_div"], name=f"{name}_mlp_shift")(y)
     y = keras.layers.Dense(
         int(dim * cfg["mlp_ratios"][stage]), kernel_initializer=_linear_init(), name=f"{name}_fc1"
     )(y)
