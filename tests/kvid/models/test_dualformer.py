@@ -254,6 +254,10 @@ def test_config_errors_name_the_stage_and_field():
         kvid.models.create("dualformer_cpu", num_classes=3, window_sizes=((2, 4, 4),))
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         kvid.models.create("dualformer_cpu", num_classes=3, num_frames=7)
+    with pytest.raises(
+        ValueError, match="mlp_shift_div='4,mlp_dwconv=3'.*expected int.*got a string. Give one"
+    ):
+        kvid.models.create("dualformer_cpu", num_classes=3, mlp_shift_div="4,mlp_dwconv=3")
     with pytest.raises(ValueError, match="dualformer_cpu: mlp_dwconv must be 0 .* odd"):
         kvid.models.create("dualformer_cpu", num_classes=3, mlp_dwconv=2)
 
