@@ -2,7 +2,7 @@
 
 from kvid.layers.base import QuantizableLayer
 from kvid.layers.bridge import Former, Former2Mobile, Mobile2Former
-from kvid.layers.common import Activation, DropPath, GlobalTokens, Normalize
+from kvid.layers.common import Activation, DropPath, GlobalTokens, Normalize, PositionEmbedding
 from kvid.layers.conv2plus1d import ChannelShuffle, Conv2Plus1D, FrameConv
 from kvid.layers.dynamic_relu import DynamicReLU
 from kvid.layers.head import DenseBN, PooledTokenConcat
@@ -34,6 +34,7 @@ __all__ = [
     "FrameConv",
     "GlobalPyramidAttention",
     "GlobalTokens",
+    "PositionEmbedding",
     "LayerNorm",
     "LocalWindowAttention",
     "Mobile2Former",

@@ -29,6 +29,7 @@ from kvid.layers import (
     LayerNorm,
     LocalWindowAttention,
     Normalize,
+    PositionEmbedding,
     TemporalShift,
     TubeletConv,
 )
@@ -66,6 +67,7 @@ DEFAULTS = dict(
     qkv_bias=True,
     qk_scale=None,
     window_position_bias=False,  # not in the reference: LW-MSA's relative position bias
+    position_embedding=False,  # not in the reference: learned absolute space + time embedding
     mlp_dwconv=0,  # not in the reference: depthwise conv of kernel k after fc1; 0: none
     mlp_dwconv_form="frame",  # "frame": per-frame k x k; "full": k x k x k (the PEG's form)
     mlp_shift_div=0,  # not in the reference: temporal channel shift before fc1; 0: none
@@ -282,6 +284,8 @@ def backbone_tensors(inputs, cfg: dict) -> tuple[keras.KerasTensor, dict]:
         kernel = cfg["patch_size"] if stage == 0 else (cfg["temporal_strides"][stage], 2, 2)
         x = TubeletConv(cfg["embed_dims"][stage], kernel, name=f"stage{stage}_embed")(x)
         x = LayerNorm(cfg["epsilon"], name=f"stage{stage}_embed_norm")(x)
+        if stage == 0 and cfg["position_embedding"]:
+            x = PositionEmbedding(name="position_embedding")(x)
         endpoints[f"patch_embed{stage}"] = x
         for index in range(depth):
             # the reference's linear stochastic-depth ramp from 0 over all layers
