@@ -107,6 +107,9 @@ class PositionEmbedding(keras.layers.Layer):
       TensorShape([1, 4, 8, 8, 16])
     """
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
     def build(self, input_shape):
         _, frames, height, width, channels = input_shape
         self.spatial = self.add_weight(

@@ -13,6 +13,7 @@ CASES = [
     (layers.FrameConv, dict(filters=12, kernel_size=3, strides=2, activation="relu6"), [VIDEO]),
     (layers.FrameConv, dict(filters=12, kernel_size=1, groups=4), [VIDEO]),
     (layers.FrameConv, dict(depthwise=True, depth_multiplier=2, kernel_size=3), [VIDEO]),
+    (layers.FrameConv, dict(filters=4, kernel_size=3, kernel_initializer="he_normal"), [VIDEO]),
     (layers.Conv2Plus1D, dict(kernel_size=(3, 3, 3), strides=(2, 2, 2)), [VIDEO]),
     (layers.Conv2Plus1D, dict(kernel_size=3, depth_multiplier=3, activation="hard_swish"), [VIDEO]),
     (layers.ChannelShuffle, dict(groups=4), [VIDEO]),
@@ -33,6 +34,8 @@ CASES = [
     (layers.TubeletConv, dict(depthwise=True, kernel_size=(2, 4, 4)), [VIDEO]),
     (layers.PEG, dict(form="full"), [VIDEO]),
     (layers.PEG, dict(form="factorized"), [VIDEO]),
+    (layers.PEG, dict(residual=False, kernel_initializer="he_normal"), [VIDEO]),
+    (layers.PositionEmbedding, {}, [VIDEO]),
     (layers.LocalWindowAttention, dict(num_heads=2, window_size=(2, 4, 4)), [VIDEO]),
     (
         layers.LocalWindowAttention,
