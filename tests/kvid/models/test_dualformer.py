@@ -219,11 +219,14 @@ def test_stem_shift_widens_the_first_tubelets_temporal_reach(shift_div):
     assert shifts == (["conv_stem0_shift", "conv_stem1_shift"] if shift_div else [])
 
 
-@pytest.mark.parametrize("kernel", [0, 3])
-def test_mlp_dwconv_mixes_the_spatial_neighbours_of_the_same_frame(kernel):
-    # The MLP half of a layer is per token; its depthwise conv reaches exactly the k x k
-    # neighbours in the same frame (padding "same"), never another frame.
-    model = kvid.models.create("dualformer_cpu", num_classes=14, mlp_dwconv=kernel)
+@pytest.mark.parametrize("kernel, shift_div", [(0, 0), (3, 0), (0, 4), (3, 4)])
+def test_mlp_conv_and_shift_reach_exactly_their_neighbours(kernel, shift_div):
+    # The MLP half of a layer is per token. Its depthwise conv reaches the k x k neighbours in
+    # the same frame (padding "same"); the temporal shift before fc1 reaches the same position
+    # one frame earlier and later.
+    model = kvid.models.create(
+        "dualformer_cpu", num_classes=14, mlp_dwconv=kernel, mlp_shift_div=shift_div
+    )
     mlp = keras.Model(
         model.get_layer("stage0_layer0_add1").output, model.get_layer("stage0_layer0_add2").output
     )
@@ -233,11 +236,12 @@ def test_mlp_dwconv_mixes_the_spatial_neighbours_of_the_same_frame(kernel):
     y[0, 1, 5, 9] += rng.normal(0, 1, 16)
     moved = np.abs(mlp(y).numpy() - mlp(x).numpy()).max(axis=-1)[0] > 1e-6
     expected = np.zeros((4, 16, 16), bool)
-    half = kernel // 2
-    expected[1, 5 - half : 6 + half, 9 - half : 10 + half] = True
+    half, frames = kernel // 2, slice(0, 3) if shift_div else slice(1, 2)
+    expected[frames, 5 - half : 6 + half, 9 - half : 10 + half] = True
     np.testing.assert_array_equal(moved, expected)
-    convs = [layer.name for layer in model.layers if layer.name.endswith("_dwconv")]
-    assert len(convs) == (8 if kernel else 0)
+    names = [layer.name for layer in model.layers]
+    assert sum(n.endswith("_dwconv") for n in names) == (8 if kernel else 0)
+    assert sum(n.endswith("_mlp_shift") for n in names) == (8 if shift_div else 0)
 
 
 def test_config_errors_name_the_stage_and_field():
