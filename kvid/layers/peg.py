@@ -38,8 +38,6 @@ class PEG(QuantizableLayer):
     Args:
       kernel_size: `k`, the size of the cubic kernel (3 in the reference).
       form: "full" or "factorized".
-      residual: add the input (the PEG); False gives the bare depthwise convolution.
-      kernel_initializer: initializer of the per-frame depthwise kernel.
 
     Input shape: `(batch, frames, height, width, channels)`. Output shape: same.
 
@@ -48,14 +46,7 @@ class PEG(QuantizableLayer):
       TensorShape([1, 4, 8, 8, 16])
     """
 
-    def __init__(
-        self,
-        kernel_size: int = 3,
-        form: str = "full",
-        residual: bool = True,
-        kernel_initializer="glorot_uniform",
-        **kwargs,
-    ):
+    def __init__(self, kernel_size: int = 3, form: str = "full", **kwargs):
         super().__init__(**kwargs)
         if form not in PEG_FORMS:
             raise ValueError(f"{self.name}: form {form!r} not in {PEG_FORMS}.")
@@ -63,20 +54,16 @@ class PEG(QuantizableLayer):
             raise ValueError(f"{self.name}: kernel_size must be odd, got {kernel_size}.")
         self.kernel_size = kernel_size
         self.form = form
-        self.residual = residual
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         k = kernel_size
         if form == "full":
             self.spatial = keras.layers.DepthwiseConv2D(
-                k, padding="same", depth_multiplier=k, use_bias=False,
-                depthwise_initializer=self.kernel_initializer, name="spatial",
-            )  # fmt: skip
+                k, padding="same", depth_multiplier=k, use_bias=False, name="spatial"
+            )
             self.bias = None
         else:
             self.spatial = keras.layers.DepthwiseConv2D(
-                k, padding="same", use_bias=False,
-                depthwise_initializer=self.kernel_initializer, name="spatial",
-            )  # fmt: skip
+                k, padding="same", use_bias=False, name="spatial"
+            )
             self.temporal = keras.layers.DepthwiseConv2D(
                 (k, 1), padding="valid", use_bias=True, name="temporal"
             )
@@ -115,18 +102,12 @@ class PEG(QuantizableLayer):
             x = self.fq("spatial", tf.reshape(x, (-1, frames, height * width, channels)), training)
             x = self.temporal(tf.pad(x, [[0, 0], [pad, pad], [0, 0], [0, 0]]))
             conv = tf.reshape(x, (-1, frames, height, width, channels))
-        conv = self.fq("conv", conv, training)
-        return inputs + conv if self.residual else conv
+        return inputs + self.fq("conv", conv, training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(
-            kernel_size=self.kernel_size,
-            form=self.form,
-            residual=self.residual,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-        )
+        config.update(kernel_size=self.kernel_size, form=self.form)
         return config

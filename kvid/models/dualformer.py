@@ -13,7 +13,11 @@ Window and pyramid kernels follow from the input size, so a reduced input is the
 matching `window_sizes` / `fine_pyramid_sizes` / `coarse_pyramid_sizes` overrides. The int8
 presets keep every softmax at <= 64 keys (DESIGN.md section 7). `conv_stem` (not in the
 reference) puts 3x3 stride-2 convolutions before the tubelet embedding, for small training sets;
-`stem_shift_div` follows each with XViT's temporal channel shift.
+`stem_shift_div` follows each with XViT's temporal channel shift. Other options outside the
+reference, all off by default: `window_position_bias` (Swin's relative position bias in LW-MSA),
+`position_embedding` (a learned absolute space-time embedding after the first tubelet embedding),
+`mlp_dwconv` (PVTv2's per-frame depthwise convolution between the MLP's two linear layers) and
+`mlp_shift_div` (the temporal channel shift on the MLP's input).
 """
 
 from __future__ import annotations
@@ -68,8 +72,7 @@ DEFAULTS = dict(
     qk_scale=None,
     window_position_bias=False,  # not in the reference: LW-MSA's relative position bias
     position_embedding=False,  # not in the reference: learned absolute space + time embedding
-    mlp_dwconv=0,  # not in the reference: depthwise conv of kernel k after fc1; 0: none
-    mlp_dwconv_form="frame",  # "frame": per-frame k x k; "full": k x k x k (the PEG's form)
+    mlp_dwconv=0,  # not in the reference: per-frame depthwise k x k conv after fc1; 0: none
     mlp_shift_div=0,  # not in the reference: temporal channel shift before fc1; 0: none
     peg_form="full",
     drop_path_rate=0.1,
@@ -200,8 +203,6 @@ def check_config(name: str, config: dict, exact_pyramids: bool = True) -> None:
                 )
     if config["mlp_dwconv"] and (config["mlp_dwconv"] < 0 or config["mlp_dwconv"] % 2 == 0):
         raise ValueError(f"{name}: mlp_dwconv must be 0 (none) or an odd kernel size.")
-    if config["mlp_dwconv_form"] not in ("frame", "full"):
-        raise ValueError(f"{name}: mlp_dwconv_form must be 'frame' or 'full'.")
     if config["peg_form"] not in ("full", "factorized"):
         raise ValueError(f"{name}: peg_form must be 'full' or 'factorized'.")
 
@@ -254,14 +255,11 @@ def _layer(x, cfg: dict, stage: int, index: int, drop_path: float, name: str):
         int(dim * cfg["mlp_ratios"][stage]), kernel_initializer=_linear_init(), name=f"{name}_fc1"
     )(y)
     if cfg["mlp_dwconv"]:
-        # PVTv2's Mix-FFN: He init over the kernel's taps, so the conv starts at about unit gain
-        k, full = cfg["mlp_dwconv"], cfg["mlp_dwconv_form"] == "full"
-        init = keras.initializers.RandomNormal(stddev=math.sqrt(2 / k ** (3 if full else 2)))
-        if full:
-            y = PEG(k, "full", residual=False, kernel_initializer=init, name=f"{name}_dwconv")(y)
-        else:
-            y = FrameConv(kernel_size=k, depthwise=True, use_bias=True, batch_norm=False,
-                          kernel_initializer=init, name=f"{name}_dwconv")(y)  # fmt: skip
+        # PVTv2's Mix-FFN: He init over the k * k taps, so the conv starts at about unit gain
+        k = cfg["mlp_dwconv"]
+        init = keras.initializers.RandomNormal(stddev=math.sqrt(2 / k**2))
+        y = FrameConv(kernel_size=k, depthwise=True, use_bias=True, batch_norm=False,
+                      kernel_initializer=init, name=f"{name}_dwconv")(y)  # fmt: skip
     y = keras.layers.Activation("gelu", name=f"{name}_gelu")(y)  # exact (erf) GELU
     y = keras.layers.Dense(dim, kernel_initializer=_linear_init(), name=f"{name}_fc2")(y)
     if drop_path > 0:

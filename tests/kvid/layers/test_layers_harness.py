@@ -34,7 +34,6 @@ CASES = [
     (layers.TubeletConv, dict(depthwise=True, kernel_size=(2, 4, 4)), [VIDEO]),
     (layers.PEG, dict(form="full"), [VIDEO]),
     (layers.PEG, dict(form="factorized"), [VIDEO]),
-    (layers.PEG, dict(residual=False, kernel_initializer="he_normal"), [VIDEO]),
     (layers.PositionEmbedding, {}, [VIDEO]),
     (layers.LocalWindowAttention, dict(num_heads=2, window_size=(2, 4, 4)), [VIDEO]),
     (

@@ -258,17 +258,6 @@ def test_peg_full_is_the_depthwise_conv3d_plus_residual():
     np.testing.assert_allclose(layer(tf.constant(x)).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_peg_without_residual_is_the_bare_depthwise_conv3d():
-    x = _randn(1, 4, 5, 6, 3)
-    with_residual, bare = PEG(), PEG(residual=False)
-    with_residual(tf.constant(x))
-    bare(tf.constant(x))
-    bare.set_weights(with_residual.get_weights())
-    np.testing.assert_allclose(
-        bare(tf.constant(x)).numpy(), with_residual(tf.constant(x)).numpy() - x, atol=1e-5
-    )
-
-
 def test_peg_factorized_equals_full_with_a_rank_one_kernel():
     x = _randn(1, 4, 5, 5, 3)
     spatial, temporal, bias = _randn(3, 3, 3), _randn(3, 3), _randn(3)  # (kh, kw, C), (kt, C)
