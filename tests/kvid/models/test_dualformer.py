@@ -281,11 +281,22 @@ def test_qat_entry_point_on_every_preset(name):
     assert np.all(np.isfinite(qat(x, training=False).numpy()))
 
 
-def test_cpu_preset_qat_and_int8_has_int8_io_zero_float_ops_and_tracks_float():
+# Every option outside the reference at once: their layers must quantize and convert too.
+ALL_OPTIONS = dict(
+    stem_shift_div=4,
+    window_position_bias=True,
+    position_embedding=True,
+    mlp_dwconv=3,
+    mlp_shift_div=4,
+)
+
+
+@pytest.mark.parametrize("overrides", [{}, ALL_OPTIONS], ids=["preset", "all_options"])
+def test_cpu_preset_qat_and_int8_has_int8_io_zero_float_ops_and_tracks_float(overrides):
     """The QAT entry point on the CPU preset, then its int8 conversion (the main job's path)."""
     from kvid_tflite.audit import audit_model, check_int8
 
-    model = kvid.models.create("dualformer_cpu", num_classes=14)
+    model = kvid.models.create("dualformer_cpu", num_classes=14, **overrides)
     qat = kvid.quantization.quantize_model(model)
     assert qat.input_shape == model.input_shape and qat.output_shape == model.output_shape
     wrapped = qat.get_layer("quant_stage0_layer1_attn").layer
