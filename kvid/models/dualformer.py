@@ -14,10 +14,11 @@ matching `window_sizes` / `fine_pyramid_sizes` / `coarse_pyramid_sizes` override
 presets keep every softmax at <= 64 keys (DESIGN.md section 7). `conv_stem` (not in the
 reference) puts 3x3 stride-2 convolutions before the tubelet embedding, for small training sets;
 `stem_shift_div` follows each with XViT's temporal channel shift. Other options outside the
-reference, all off by default: `window_position_bias` (Swin's relative position bias in LW-MSA),
-`position_embedding` (a learned absolute space-time embedding after the first tubelet embedding),
-`mlp_dwconv` (PVTv2's per-frame depthwise convolution between the MLP's two linear layers) and
-`mlp_shift_div` (the temporal channel shift on the MLP's input).
+reference, off in `DEFAULTS` (`dualformer_cpu` sets `mlp_dwconv=3`): `window_position_bias`
+(Swin's relative position bias in LW-MSA), `position_embedding` (a learned absolute space-time
+embedding after the first tubelet embedding), `mlp_dwconv` (PVTv2's per-frame depthwise
+convolution between the MLP's two linear layers) and `mlp_shift_div` (the temporal channel shift
+on the MLP's input).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ PRESETS = {
     # (two 3x3 stride-2 convs, then 2-frame tubelets), which fitted 128 training clips faster
     # than the (2, 4, 4) patchify stem (loss 2.16 vs 2.38 after 64 Adam steps). The MLPs' 3x3
     # depthwise conv halves the epochs to the 92.9% validation plateau and, with learning rate
-    # 1e-3, lets it learn the rotation direction (dualformer.flags has the runs).
+    # 1e-3, learned the rotation direction in two of three seeds (dualformer.flags has the runs).
     "dualformer_cpu": dict(
         num_frames=8, image_size=64, conv_stem=(16, 16), patch_size=(2, 1, 1),
         embed_dims=(16, 32, 64, 128), num_heads=(1, 1, 2, 4),
