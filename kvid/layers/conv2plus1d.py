@@ -34,6 +34,24 @@ def symmetric_pad(x, pad_h: int, pad_w: int):
     return tf.pad(x, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
 
 
+def every_nth_frame(x, stride: int):
+    """Frames 0, stride, 2 * stride, ... of a time-major `(batch, frames, positions, channels)`.
+
+    A temporal stride is a stride-1 temporal conv followed by this, not a DepthwiseConv2D with
+    strides `(s_t, 1)`: TensorFlow's depthwise kernel takes only equal strides on the CPU (unless
+    oneDNN is on, which it is only on AVX-512 machines) and on the GPU. The frames are selected
+    with a reshape and a stride-1 slice, which XNNPACK runs, rather than a strided slice.
+    """
+    if stride == 1:
+        return x
+    _, frames, positions, channels = x.shape
+    kept = (frames - 1) // stride + 1
+    if kept * stride > frames:  # pad the tail with frames that are never selected
+        x = tf.pad(x, [[0, 0], [0, kept * stride - frames], [0, 0], [0, 0]])
+    x = tf.reshape(x, (-1, kept, stride * positions, channels))
+    return x[:, :, :positions]
+
+
 def _batch_norm(epsilon: float, momentum: float, name: str):
     return keras.layers.BatchNormalization(epsilon=epsilon, momentum=momentum, name=name)
 
@@ -238,7 +256,7 @@ class Conv2Plus1D(QuantizableLayer):
         self.has_temporal = k_t > 1 or s_t > 1
         self.temporal = (
             keras.layers.DepthwiseConv2D(
-                (k_t, 1), strides=(s_t, 1), padding="valid", use_bias=False, name="temporal"
+                (k_t, 1), padding="valid", use_bias=False, name="temporal"
             )
             if self.has_temporal
             else None
@@ -270,7 +288,7 @@ class Conv2Plus1D(QuantizableLayer):
         if self.temporal is not None:
             x = self.fq("spatial", x, training)
             x = symmetric_pad(x, k_t // 2, 0)
-            x = self.temporal(x)
+            x = every_nth_frame(self.temporal(x), self.strides[0])
         if self.bn is not None:
             x = self.bn(x, training=self.bn_training(training))
         x = apply_activation(x, self.activation)

@@ -92,8 +92,11 @@ class TubeletConv(QuantizableLayer):
         k_t, k_h, k_w = self.kernel_size
         if depthwise:
             rows = k_h * k_t
+            # TensorFlow's depthwise kernel takes only equal strides on the CPU and GPU: with
+            # unequal ones, each band of `rows` rows is folded into the batch axis first
+            # (`call`), where any vertical stride gives the one output row.
             self.conv = keras.layers.DepthwiseConv2D(
-                (rows, k_w), strides=(rows, k_w), padding="valid", use_bias=use_bias, name="conv"
+                (rows, k_w), strides=k_w, padding="valid", use_bias=use_bias, name="conv"
             )
         else:
             self.conv = keras.layers.Conv2D(
@@ -110,14 +113,14 @@ class TubeletConv(QuantizableLayer):
                 f"{frames}x{height}x{width} input."
             )
         if self.depthwise:
-            build_sublayer(self.conv, (None, height * k_t, width, channels))
+            build_sublayer(self.conv, (None, k_h * k_t, width, channels))
         else:
             build_sublayer(self.conv, (None, height, width, channels * k_t))
         super().build(input_shape)
 
     def call(self, inputs, training=None):
         _, frames, height, width, channels = inputs.shape
-        k_t, _, _ = self.kernel_size
+        k_t, k_h, _ = self.kernel_size
         groups = frames // k_t
         x = inputs
         if groups * k_t != frames:  # PyTorch drops the frames past the last whole tubelet
@@ -132,6 +135,12 @@ class TubeletConv(QuantizableLayer):
             x = tf.reshape(x, (-1, groups, k_t, height, width, channels))
             x = tf.transpose(x, (0, 1, 3, 4, 2, 5))  # channels t * C + c
             x = tf.reshape(x, (-1, height, width, k_t * channels))
+        if self.depthwise:  # one band of k_h * k_t rows per output row, folded into the batch
+            out_h, rows = height // k_h, k_h * k_t
+            if out_h * rows != x.shape[1]:
+                x = x[:, : out_h * rows]
+            x = self.conv(tf.reshape(x, (-1, rows, width, channels)))
+            return tf.reshape(x, (-1, groups, out_h, x.shape[2], channels))
         x = self.conv(x)
         return tf.reshape(x, (-1, groups, *x.shape[1:]))
 
