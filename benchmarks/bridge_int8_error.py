@@ -34,6 +34,8 @@ import numpy as np
 
 import kvid
 from kvid.backend import keras
+from kvid.models.mobile_former.bridge import Mobile2Former
+from kvid.models.mobile_former.layers import GlobalTokens
 from kvid_tflite.audit import audit_model
 from kvid_tflite.litert import TFLiteModel
 
@@ -62,8 +64,8 @@ def bridge_model(
     features = kvid.layers.FrameConv(
         channels, 1, use_bias=True, batch_norm=False, activation="relu", name="features"
     )(inputs)
-    tokens = kvid.layers.GlobalTokens(NUM_TOKENS, TOKEN_DIM, name="tokens")(inputs)
-    outputs = kvid.layers.Mobile2Former(
+    tokens = GlobalTokens(NUM_TOKENS, TOKEN_DIM, name="tokens")(inputs)
+    outputs = Mobile2Former(
         num_heads=2,
         dynamic_gate=True,
         formulation=formulation,

@@ -97,3 +97,24 @@ def run_kvid_convert(*args: str) -> int:
 def read_json(path) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+# NumPy references of the layers' math.
+def np_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_layer_norm(x, gamma, beta, eps=1e-5):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def np_dense(layer, x):
+    w, b = layer.get_weights()
+    return x @ w + b
+
+
+def np_hard_sigmoid(x):
+    return np.clip(x + 3, 0, 6) / 6

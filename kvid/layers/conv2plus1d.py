@@ -255,9 +255,7 @@ class Conv2Plus1D(QuantizableLayer):
         )
         self.has_temporal = k_t > 1 or s_t > 1
         self.temporal = (
-            keras.layers.DepthwiseConv2D(
-                (k_t, 1), padding="valid", use_bias=False, name="temporal"
-            )
+            keras.layers.DepthwiseConv2D((k_t, 1), padding="valid", use_bias=False, name="temporal")
             if self.has_temporal
             else None
         )
@@ -318,49 +316,6 @@ class Conv2Plus1D(QuantizableLayer):
             bn_epsilon=self.bn_epsilon,
             bn_momentum=self.bn_momentum,
         )
-        return config
-
-
-@register
-class ChannelShuffle(keras.layers.Layer):
-    """ShuffleNet channel shuffle: `(groups, C / groups)` channel grid transposed.
-
-    Output channel `j * groups + i` is input channel `i * (C / groups) + j`, as PyTorch's
-    `view(B, g, C/g, H, W).transpose(1, 2)`. Lowered to RESHAPE + 3-D TRANSPOSE + RESHAPE.
-
-    Args:
-      groups: number of groups; must divide the channel count.
-
-    Input shape: `(..., channels)`. Output shape: same.
-
-    Example:
-      >>> ChannelShuffle(2)(tf.range(4.0)[None]).numpy()
-      array([[0., 2., 1., 3.]], dtype=float32)
-    """
-
-    def __init__(self, groups: int, **kwargs):
-        super().__init__(**kwargs)
-        self.groups = groups
-
-    def build(self, input_shape):
-        if int(input_shape[-1]) % self.groups:
-            raise ValueError(
-                f"{self.name}: {input_shape[-1]} channels not divisible by {self.groups} groups."
-            )
-        super().build(input_shape)
-
-    def call(self, inputs):
-        channels = inputs.shape[-1]
-        x = tf.reshape(inputs, (-1, self.groups, channels // self.groups))
-        x = tf.transpose(x, (0, 2, 1))
-        return tf.reshape(x, [-1, *inputs.shape[1:]])
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(groups=self.groups)
         return config
 
 

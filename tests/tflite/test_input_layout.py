@@ -20,7 +20,7 @@ import pytest
 from absl import flags
 
 import kvid.models
-from kvid.layers.positional_gating import PositionalGating
+from kvid.models.posmlp.positional_gating import PositionalGating
 from kvid_tflite import convert, edgetpu, evaluate
 from kvid_tflite.audit import audit_model
 from kvid_tflite.litert import TFLiteModel, read_input_layout, read_operator_codes, stack_frames

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from kvid.backend import tf
-from kvid.layers import PoSGU, PoSTGU, PoTGU
-from kvid.layers.positional_gating import (
+from kvid.models.posmlp.positional_gating import (
+    PoSGU,
+    PoSTGU,
+    PoTGU,
     depthwise_kernel,
     mixing_matrices,
     relative_position_index,

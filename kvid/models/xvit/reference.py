@@ -7,8 +7,9 @@ the length of its temporal embedding) and the SlowFast config keys (`cfg`).
 
 from __future__ import annotations
 
-from kvid.models import xvit
-from kvid.models.reference import StateDict, conv_kernel, load_dense, load_layer_norm
+from kvid.models.porting import StateDict, conv_kernel, load_dense, load_layer_norm
+from kvid.models.xvit.model import build, check_config
+from kvid.models.xvit.presets import DEFAULTS
 
 # SlowFast defaults (slowfast/config/defaults.py) for keys a configuration may omit.
 _CFG_DEFAULTS = {
@@ -160,9 +161,9 @@ def build_from_reference(reference, sd: StateDict, image_size, num_frames, input
     constructor = reference["constructor"]
     if image_size not in (None, 224):
         raise _unsupported("image_size", image_size, "224")
-    cfg = dict(xvit.DEFAULTS, **reference_config(constructor, num_frames, input_mean, input_std))
-    xvit._check_config("xvit_reference", cfg)
+    cfg = dict(DEFAULTS, **reference_config(constructor, num_frames, input_mean, input_std))
+    check_config("xvit_reference", cfg)
     num_classes = int(constructor.get("cfg", {}).get("MODEL.NUM_CLASSES", 400))
-    model = xvit.build("xvit_reference", cfg, num_classes)
+    model = build("xvit_reference", cfg, num_classes)
     load_weights(model, cfg, sd)
     return model

@@ -8,25 +8,12 @@ channel axis head-major (head j owns channels [j*C/h, (j+1)*C/h)), with scale (C
 from __future__ import annotations
 
 from kvid.backend import keras, tf
+from kvid.layers.attention import merge_heads, split_heads
 from kvid.layers.base import QuantizableLayer, build_sublayer, register
-from kvid.layers.dynamic_relu import hard_sigmoid
 from kvid.layers.layer_norm import LayerNorm
+from kvid.models.mobile_former.dynamic_relu import hard_sigmoid
 
 FORMULATIONS = ("full", "factorized")
-
-
-def split_heads(x, num_heads: int):
-    """(batch, length, channels) -> (batch, heads, length, channels / heads), head-major."""
-    length, channels = x.shape[-2], x.shape[-1]
-    x = tf.reshape(x, (-1, length, num_heads, channels // num_heads))
-    return tf.transpose(x, (0, 2, 1, 3))
-
-
-def merge_heads(x):
-    """(batch, heads, length, depth) -> (batch, length, heads * depth)."""
-    heads, length, depth = x.shape[1], x.shape[2], x.shape[3]
-    x = tf.transpose(x, (0, 2, 1, 3))
-    return tf.reshape(x, (-1, length, heads * depth))
 
 
 def key_pool_size(height: int, width: int, max_keys_per_frame: int) -> int:

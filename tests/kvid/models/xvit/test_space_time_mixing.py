@@ -5,8 +5,9 @@ import pytest
 
 import kvid
 from kvid.backend import keras
-from kvid.layers import SpaceTimeMixingAttention, TemporalShift
-from kvid.layers.space_time_mixing import temporal_shift_kernel
+from kvid.layers import TemporalShift
+from kvid.layers.temporal_shift import temporal_shift_kernel
+from kvid.models.xvit.space_time_mixing import SpaceTimeMixingAttention
 
 
 def numpy_shift(x, fold, num_segments=None):

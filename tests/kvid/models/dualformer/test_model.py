@@ -6,6 +6,7 @@ import pytest
 import kvid
 from kvid.backend import keras
 from kvid.models import dualformer
+from kvid.models.dualformer.model import num_keys
 from tests.conftest import REPO_ROOT
 from tests.helpers import (
     convert_int8,
@@ -92,8 +93,8 @@ def test_golden_parity_fails_on_a_porting_mistake(golden):
 
 
 def test_from_reference_rejects_unused_missing_or_unsupported(golden):
-    from kvid.models import dualformer_reference
-    from kvid.models.reference import StateDict
+    from kvid.models.dualformer import reference as dualformer_reference
+    from kvid.models.porting import StateDict
 
     _, meta, state_dict, model = golden
     cfg = dict(dualformer.DEFAULTS, **dualformer_reference.reference_config(
@@ -139,10 +140,10 @@ def test_reference_presets_match_reference_params_and_macs(name):
 
 
 def test_reference_softmax_spans_and_mobile_presets_stay_small():
-    keys = dualformer.num_keys(kvid.models.get_preset("dualformer_tiny"))
+    keys = num_keys(kvid.models.get_preset("dualformer_tiny"))
     assert [stage[:2] for stage in keys] == [[392, 456], [392, 456], [392, 392], [392, 784]]
     for name in (*MOBILE_PRESETS, "dualformer_cpu"):
-        assert max(max(stage) for stage in dualformer.num_keys(kvid.models.get_preset(name))) <= 64
+        assert max(max(stage) for stage in num_keys(kvid.models.get_preset(name))) <= 64
 
 
 @pytest.mark.slow

@@ -1,14 +1,14 @@
-"""Port a reference PyTorch model (its constructor arguments and state_dict) to a kvid model.
+"""Helpers that every family's reference porting shares (`kvid.models.<family>.reference`).
 
-This is how a user loads an official checkpoint, and how kvid checks itself against the papers'
-code (golden parity, `../shared/golden/`): the kvid model is built from the reference
-configuration, not from a stored special case, and every reference parameter must be consumed.
+A port builds the kvid model from the reference configuration (the reference constructor's
+arguments) and loads the reference PyTorch `state_dict` into it; `StateDict` records which
+entries were consumed, so that a port that leaves a parameter behind fails. This is how a user
+loads an official checkpoint, and how kvid checks itself against the papers' code (golden
+parity, docs/design.md).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Mapping
 
 import numpy as np
@@ -72,47 +72,3 @@ def load_batch_norm(layer: keras.layers.BatchNormalization, sd: StateDict, prefi
 
 def load_layer_norm(layer, sd: StateDict, prefix: str) -> None:
     layer.set_weights([sd.take(f"{prefix}.weight"), sd.take(f"{prefix}.bias")])
-
-
-def from_reference(
-    reference: Mapping,
-    state_dict: Mapping[str, np.ndarray],
-    image_size: int | None = None,
-    num_frames: int | None = None,
-    input_mean=(0.0, 0.0, 0.0),
-    input_std=(1.0, 1.0, 1.0),
-) -> keras.Model:
-    """Builds the kvid model of a reference configuration and loads its PyTorch weights.
-
-    Args:
-      reference: a dict with `family` (e.g. "mobile_former") and `constructor` (`{"kwargs": ...}`,
-        the reference constructor's arguments), as in the golden JSON files.
-      state_dict: reference parameter name -> array, in PyTorch layout.
-      image_size: input resolution (default: the constructor's `img_size`, else 224).
-      num_frames: frames of a video family's input (default: the reference's).
-      input_mean, input_std: normalization the kvid model applies to its [0, 1] input; the
-        default leaves it unchanged, as the reference models take what they are given.
-
-    Returns:
-      A kvid model taking `(batch, [frames,] height, width, 3)` float32 and returning logits.
-    """
-    family = reference.get("family")
-    supported = reference_families()
-    if family not in supported:
-        raise ValueError(f"from_reference: unsupported family {family!r}; supported: {supported}.")
-    module = importlib.import_module(f"kvid.models.{family}_reference")
-    return module.build_from_reference(
-        reference, StateDict(state_dict), image_size, num_frames, input_mean, input_std
-    )
-
-
-def reference_families() -> list[str]:
-    """Families that can be built from a reference: those with a `<family>_reference` module."""
-    import kvid.models
-
-    suffix = "_reference"
-    return sorted(
-        info.name[: -len(suffix)]
-        for info in pkgutil.iter_modules(kvid.models.__path__)
-        if info.name.endswith(suffix)
-    )

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from kvid.backend import tf
-from kvid.layers import PEG, GlobalPyramidAttention, LocalWindowAttention, TubeletConv
-from kvid.layers.peg import peg_kernel_from_conv3d
-from kvid.layers.stratified_attention import (
+from kvid.models.dualformer.peg import PEG, peg_kernel_from_conv3d
+from kvid.models.dualformer.stratified_attention import (
+    GlobalPyramidAttention,
+    LocalWindowAttention,
     pyramid_kernels,
     relative_position_index,
     window_merge,
     window_partition,
 )
-from kvid.layers.tubelet_conv import conv3d_kernel_to_tubelet
+from kvid.models.dualformer.tubelet_conv import TubeletConv, conv3d_kernel_to_tubelet
 
 RNG = np.random.default_rng(0)
 

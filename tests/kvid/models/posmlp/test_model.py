@@ -9,6 +9,8 @@ import pytest
 import kvid
 from kvid.backend import keras
 from kvid.models import posmlp
+from kvid.models.posmlp.positional_gating import PositionalGating
+from kvid.models.posmlp.presets import BLOCK_TYPES
 from tests.helpers import (
     flat_graph_ops,
     golden_tolerance,
@@ -233,7 +235,7 @@ def test_backbone_returns_pooled_features():
     )
 
 
-@pytest.mark.parametrize("block_type", posmlp.BLOCK_TYPES)
+@pytest.mark.parametrize("block_type", BLOCK_TYPES)
 def test_block_types_give_equal_training_and_deploy_forms(block_type):
     model = kvid.models.create(
         "posmlp_video_tiny", num_classes=4, num_frames=4, block_type=block_type,
@@ -241,7 +243,7 @@ def test_block_types_give_equal_training_and_deploy_forms(block_type):
     )  # fmt: skip
     rng = np.random.default_rng(0)
     for layer in model.layers:  # tables start near 0: give them weight
-        if isinstance(layer, posmlp.PositionalGating):
+        if isinstance(layer, PositionalGating):
             layer.table.assign(rng.standard_normal(layer.table.shape) * 0.2)
             layer.token_bias.assign(rng.standard_normal(layer.token_bias.shape))
     x = rng.random((1, 4, 64, 64, 3), dtype=np.float32)

@@ -17,6 +17,12 @@ import numpy as np
 
 from kvid.backend import keras, tf
 from kvid.layers.base import QuantizableLayer, build_sublayer, register
+from kvid.layers.temporal_shift import (
+    check_segments,
+    shift_fold,
+    temporal_shift,
+    temporal_shift_kernel,
+)
 
 
 def vit_initializer() -> keras.initializers.Initializer:
@@ -24,104 +30,6 @@ def vit_initializer() -> keras.initializers.Initializer:
     ViT and big_vision (timm's truncated normal with std 0.02 is sized for width 768; at the
     widths of the small presets it starts the residual branches 4x too weak)."""
     return keras.initializers.GlorotUniform()
-
-
-def shift_fold(channels: int, shift_div: int) -> int:
-    """Channels per shifted fold (`C // shift_div`); 0 when the shift is off (`shift_div` 0)."""
-    if not shift_div:
-        return 0
-    if channels < 2 * (channels // shift_div) or channels // shift_div < 1:
-        raise ValueError(f"shift_div {shift_div} leaves no channel to shift in {channels}.")
-    return channels // shift_div
-
-
-def temporal_shift_kernel(channels: int, fold: int) -> np.ndarray:
-    """One-hot depthwise kernel `(3, 1, channels, 1)` of the XViT shift.
-
-    Tap 2 reads frame t+1 (channels `[0, fold)`), tap 0 reads frame t-1 (`[fold, 2 fold)`), tap 1
-    keeps frame t (the rest).
-    """
-    kernel = np.zeros((3, 1, channels, 1), np.float32)
-    kernel[2, 0, :fold] = 1.0
-    kernel[0, 0, fold : 2 * fold] = 1.0
-    kernel[1, 0, 2 * fold :] = 1.0
-    return kernel
-
-
-def temporal_shift(x, kernel, num_segments: int):
-    """Applies the one-hot shift kernel to `x` of shape `(batch, frames, tokens, channels)`.
-
-    Frames are grouped in chunks of `num_segments` (the reference's `NUM_SEGMENTS`): nothing
-    crosses a chunk boundary, where zeros come in as at the clip ends.
-    """
-    _, frames, tokens, channels = x.shape
-    if num_segments != frames:
-        x = tf.reshape(x, (-1, num_segments, tokens, channels))
-    # time is the height axis: a (3, 1) kernel with SAME padding zero-pads one frame each side
-    y = tf.nn.depthwise_conv2d(x, kernel, strides=(1, 1, 1, 1), padding="SAME")
-    if num_segments != frames:
-        y = tf.reshape(y, (-1, frames, tokens, channels))
-    return y
-
-
-@register
-class TemporalShift(QuantizableLayer):
-    """The XViT/TSM temporal channel shift on the time-major view, as a one-hot depthwise conv.
-
-    `y[t, s, c] = x[t+1, s, c]` for `c < C/shift_div`, `x[t-1, s, c]` for the next `C/shift_div`
-    channels, `x[t, s, c]` otherwise; zeros where t+1 or t-1 leaves the clip (or its chunk of
-    `num_segments` frames). Costs `3 * T * S * C` MACs (the conv's), no GATHER and no roll.
-
-    Args:
-      shift_div: `C / shift_div` channels come from each neighbour (8 or 4 in the reference).
-      num_segments: chunk length of the shift (None: the whole clip). The released Kinetics
-        configs shift 16-frame clips in chunks of 8.
-
-    Input shape: `(batch, frames, tokens, channels)` or `(batch, frames, height, width, channels)`.
-    Output shape: same.
-
-    Example:
-      >>> TemporalShift(4)(tf.ones((1, 3, 2, 8)))[0, :, 0].numpy()[:, :4]
-      array([[1., 1., 0., 0.],
-             [1., 1., 1., 1.],
-             [0., 0., 1., 1.]], dtype=float32)
-    """
-
-    def __init__(self, shift_div: int = 8, num_segments: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.shift_div = shift_div
-        self.num_segments = num_segments
-
-    def build(self, input_shape):
-        frames, channels = int(input_shape[1]), int(input_shape[-1])
-        self._segments = _check_segments(self.name, frames, self.num_segments)
-        self._kernel = tf.constant(
-            temporal_shift_kernel(channels, shift_fold(channels, self.shift_div))
-        )
-        super().build(input_shape)
-
-    def call(self, inputs):
-        if inputs.shape.rank == 5:  # (B, T, H, W, C): shift on the time-major view
-            _, frames, height, width, channels = inputs.shape
-            x = tf.reshape(inputs, (-1, frames, height * width, channels))
-            x = temporal_shift(x, self._kernel, self._segments)
-            return tf.reshape(x, (-1, frames, height, width, channels))
-        return temporal_shift(inputs, self._kernel, self._segments)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(shift_div=self.shift_div, num_segments=self.num_segments)
-        return config
-
-
-def _check_segments(name: str, frames: int, num_segments: int | None) -> int:
-    segments = num_segments or frames
-    if frames % segments:
-        raise ValueError(f"{name}: {frames} frames are not a multiple of num_segments {segments}.")
-    return segments
 
 
 @register
@@ -187,7 +95,7 @@ class SpaceTimeMixingAttention(QuantizableLayer):
         self.scale = (channels // self.num_heads) ** -0.5
         self._kernel = None
         if self.shift_div:
-            self._segments = _check_segments(self.name, int(input_shape[1]), self.num_segments)
+            self._segments = check_segments(self.name, int(input_shape[1]), self.num_segments)
             kernel = temporal_shift_kernel(channels, shift_fold(channels, self.shift_div))
             self._kernel = tf.constant(np.concatenate([kernel, kernel], axis=2))  # k and v
         self.qkv = keras.layers.Dense(
@@ -249,10 +157,4 @@ class SpaceTimeMixingAttention(QuantizableLayer):
         return config
 
 
-__all__ = [
-    "SpaceTimeMixingAttention",
-    "TemporalShift",
-    "shift_fold",
-    "temporal_shift",
-    "temporal_shift_kernel",
-]
+__all__ = ["SpaceTimeMixingAttention", "vit_initializer"]

@@ -18,10 +18,10 @@ import math
 import numpy as np
 
 from kvid.backend import keras, tf
+from kvid.layers.attention import merge_heads, split_heads
 from kvid.layers.base import QuantizableLayer, build_sublayer, register
-from kvid.layers.bridge import merge_heads, split_heads
 from kvid.layers.layer_norm import LayerNorm
-from kvid.layers.tubelet_conv import TubeletConv, as_triple
+from kvid.models.dualformer.tubelet_conv import TubeletConv, as_triple
 
 # The reference's first coarse pooling kernel ("1, 7, 7" in GPAttention).
 COARSE_FIRST_KERNEL = (1, 7, 7)

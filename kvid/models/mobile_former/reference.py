@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from kvid.models import mobile_former
-from kvid.models.reference import (
+from kvid.models.mobile_former.model import build
+from kvid.models.mobile_former.presets import DEFAULTS, Block
+from kvid.models.porting import (
     StateDict,
     conv_kernel,
     depthwise_kernel,
@@ -64,7 +65,7 @@ def reference_config(kwargs: dict, image_size: int | None, input_mean, input_std
         channels = _make_divisible(channels * width, divisor if index > 0 else 4)
         kind = {"DnaBlock3": "dna3", "DnaBlock": "dna"}[kind]
         for repeat in range(repeats):
-            blocks.append(mobile_former.Block(kind, e1, channels, stride if repeat == 0 else 1, e2))
+            blocks.append(Block(kind, e1, channels, stride if repeat == 0 else 1, e2))
     return dict(
         num_frames=1,
         image_size=image_size or ref["img_size"],
@@ -177,7 +178,7 @@ def build_from_reference(reference, sd: StateDict, image_size, num_frames, input
     kwargs = dict(reference["constructor"]["kwargs"])
     num_classes = kwargs.pop("num_classes", 1000)
     cfg = reference_config(kwargs, image_size, input_mean, input_std)
-    cfg = dict(mobile_former.DEFAULTS, **cfg)
-    model = mobile_former.build("mobile_former_reference", cfg, num_classes)
+    cfg = dict(DEFAULTS, **cfg)
+    model = build("mobile_former_reference", cfg, num_classes)
     load_weights(model, cfg, sd)
     return model

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kvid.backend import keras, tf
 from kvid.layers.base import QuantizableLayer, build_sublayer, register
-from kvid.layers.space_time_mixing import vit_initializer
+from kvid.models.xvit.space_time_mixing import vit_initializer
 
 
 @register

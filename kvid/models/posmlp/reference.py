@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvid.layers.positional_gating import relative_position_index
-from kvid.models import posmlp
-from kvid.models.reference import StateDict, conv_kernel, load_batch_norm, load_layer_norm
+from kvid.models.porting import StateDict, conv_kernel, load_batch_norm, load_layer_norm
+from kvid.models.posmlp.model import build, resolve_config
+from kvid.models.posmlp.positional_gating import relative_position_index
 
 
 def _unsupported(name: str, value, supported) -> ValueError:
@@ -102,7 +102,7 @@ def build_from_reference(reference, sd: StateDict, image_size, num_frames, input
     cfg_in = reference["constructor"]["cfg"]
     num_classes = int(cfg_in.get("MODEL", {}).get("NUM_CLASSES", 400))
     cfg = reference_config(cfg_in, image_size, num_frames, input_mean, input_std)
-    cfg = posmlp.resolve_config("posmlp_video_s16", cfg)
-    model = posmlp.build("posmlp_reference", cfg, num_classes)
+    cfg = resolve_config("posmlp_video_s16", cfg)
+    model = build("posmlp_reference", cfg, num_classes)
     load_weights(model, cfg, sd)
     return model

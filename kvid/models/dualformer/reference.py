@@ -6,10 +6,11 @@ with the state_dict names of mmaction checkpoints (`backbone.*`, `cls_head.fc_cl
 
 from __future__ import annotations
 
-from kvid.layers.peg import peg_kernel_from_conv3d
-from kvid.layers.tubelet_conv import conv3d_kernel_to_tubelet
-from kvid.models import dualformer
-from kvid.models.reference import StateDict, load_batch_norm, load_dense, load_layer_norm
+from kvid.models.dualformer.model import build, check_config
+from kvid.models.dualformer.peg import peg_kernel_from_conv3d
+from kvid.models.dualformer.presets import DEFAULTS
+from kvid.models.dualformer.tubelet_conv import conv3d_kernel_to_tubelet
+from kvid.models.porting import StateDict, load_batch_norm, load_dense, load_layer_norm
 
 # Reference constructor defaults (DualFormer.__init__) for arguments a config may omit.
 _REFERENCE_DEFAULTS = dict(
@@ -130,8 +131,8 @@ def build_from_reference(reference, sd: StateDict, image_size, num_frames, input
     num_classes = head["num_classes"] if head else None
     kwargs.pop("num_classes", None)  # the backbone's, unused: the head's is the classifier's
     cfg = reference_config(kwargs, image_size, num_frames, input_mean, input_std)
-    cfg = dict(dualformer.DEFAULTS, **cfg)
-    dualformer.check_config("dualformer_reference", cfg, exact_pyramids=False)
-    model = dualformer.build("dualformer_reference", cfg, num_classes)
+    cfg = dict(DEFAULTS, **cfg)
+    check_config("dualformer_reference", cfg, exact_pyramids=False)
+    model = build("dualformer_reference", cfg, num_classes)
     load_weights(model, cfg, sd)
     return model
