@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
+from kvid.data.workdir import Workdir, WorkdirError, load_workdir, read_labels
 from kvid_tflite import audit as audit_lib
 from kvid_tflite import layer_errors as layer_errors_lib
 from kvid_tflite.litert import INPUT_LAYOUTS, TFLiteModel, layout_input_shape
 from kvid_tflite.metrics import compare_logits
 from kvid_tflite.saved_model import ServingModel, load_serving_model
-from kvid_tflite.workdir import Workdir, WorkdirError, load_workdir, read_labels
 
 MODES = ("int8", "float16", "dynamic_range")
 # "float32" is internal: the unquantized reference `.tflite` of the per-layer report.
@@ -82,7 +82,7 @@ def serving_function(model: ServingModel, input_layout: str = "clip") -> Any:
     """
     import tensorflow as tf
 
-    from kvid_tflite.saved_model import INPUT_NAME, OUTPUT_NAME
+    from kvid.data.workdir import INPUT_NAME, OUTPUT_NAME
 
     _check_layout(input_layout)
     if input_layout == "clip":
@@ -588,7 +588,7 @@ def load_clip_sources(
     num_test_clips: int,
 ) -> tuple[ClipSource, list[np.ndarray]]:
     """Calibration clips (training split, re-iterable) and test clips from the input pipeline."""
-    from kvid_training import pipeline  # the CLI's glue; library functions take arrays
+    from kvid.data import pipeline  # the CLI's glue; library functions take arrays
 
     config = pipeline.InputConfig(
         data_dir=data_dir,
@@ -656,7 +656,7 @@ def convert_from_flags(values: flags.FlagValues) -> int:
             if values.labels:
                 labels = read_labels(values.labels)
             else:
-                from kvid_training.prepare import read_dataset_info
+                from kvid.data.dataset import read_dataset_info
 
                 labels = list(read_dataset_info(data_dir)["classes"])
             normalization = None

@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from kvid_tflite import metrics as metrics_lib
-from kvid_tflite.workdir import (
+from kvid.data.workdir import (
     WorkdirError,
     is_saved_model,
     load_workdir,
     resolve_order_pairs,
 )
+from kvid_tflite import metrics as metrics_lib
 
 Classifier = Callable[[np.ndarray], np.ndarray]
 ORDERS = ("forward", "reversed")
@@ -292,7 +292,7 @@ def eval_batches(
     batch_size: int,
 ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """`(video (B, V, T, H, W, 3), label (B,))` numpy batches from the input pipeline."""
-    from kvid_training import pipeline  # the CLI's glue; `evaluate` takes any iterable
+    from kvid.data import pipeline  # the CLI's glue; `evaluate` takes any iterable
 
     config = pipeline.InputConfig(
         data_dir=data_dir,
@@ -336,7 +336,7 @@ def evaluate_from_flags(values: flags.FlagValues) -> int:
             class_names, pairs = list(workdir.labels), [list(p) for p in workdir.order_pairs]
             frame_stride = values.frame_stride or workdir.frame_stride
         elif values.data_dir:
-            from kvid_training.prepare import read_dataset_info
+            from kvid.data.dataset import read_dataset_info
 
             info = read_dataset_info(values.data_dir)
             data_dir, class_names = values.data_dir, list(info["classes"])

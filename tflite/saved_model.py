@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kvid_tflite.workdir import WorkdirError, is_saved_model
-
-SIGNATURE_KEY = "serving_default"
-INPUT_NAME = "video"
-OUTPUT_NAME = "logits"
+from kvid.data.workdir import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIGNATURE_KEY,
+    WorkdirError,
+    is_saved_model,
+)
 
 
 @dataclasses.dataclass

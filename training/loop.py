@@ -16,7 +16,8 @@ import tf_keras as keras
 from absl import logging
 
 import kvid
-from kvid_training import callbacks, config, optimization, pipeline, workdir
+from kvid.data import pipeline
+from kvid_training import callbacks, config, optimization, workdir
 
 
 def input_config(cfg: config.TrainConfig, *, training: bool, seed: int) -> pipeline.InputConfig:
@@ -40,6 +41,23 @@ def input_config(cfg: config.TrainConfig, *, training: bool, seed: int) -> pipel
 @tf.autograph.experimental.do_not_convert  # plain TF ops: nothing for AutoGraph to rewrite
 def _one_hot_labels(video: tf.Tensor, label: tf.Tensor, num_classes: int):
     return video, tf.one_hot(label, num_classes)
+
+
+def phase_checkpoint(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, directory: str
+) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager, tf.Variable]:
+    """A phase's checkpoint (model, optimizer with its step counter, completed epochs), restored
+    from the latest one in `directory` if there is one.
+
+    Returns:
+      (checkpoint, manager, epoch variable).
+    """
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    return checkpoint, manager, epoch
 
 
 def run_phase(
@@ -74,13 +92,10 @@ def run_phase(
         ),
         metrics=["accuracy"],
     )
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
-    manager = tf.train.CheckpointManager(
-        checkpoint, workdir.path(cfg.workdir, "checkpoints", phase), max_to_keep=3
+    _, manager, epoch = phase_checkpoint(
+        model, optimizer, workdir.path(cfg.workdir, "checkpoints", phase)
     )
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info(
             "%s: resumed from %s (step %d, epoch %d)",
             phase,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import math
 import multiprocessing
@@ -27,29 +26,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import av
 import numpy as np
 from absl import logging
-from av.video.reformatter import VideoReformatter
-from PIL import Image
 
-# TensorFlow is imported inside the few functions that need it: decode workers are spawned
-# processes that import this module, and loading TensorFlow there would cost seconds per worker.
+from kvid.data.dataset import (
+    DATASET_INFO,
+    encode_clip,
+    read_dataset_info,
+    write_dataset_info,
+    write_shards,
+)
+from kvid.data.video import decode_frames, encode_jpeg
 
-DATASET_INFO = "dataset.json"
-SHARD_SUFFIX = ".tfrecord"
-# Feature keys of the Model Garden / DMVR video format.
-LABEL_INDEX_KEY = "clip/label/index"
-LABEL_TEXT_KEY = "clip/label/text"
-CLIP_ID_KEY = "clip/id"
-NUM_FRAMES_KEY = "clip/num_frames"
-IMAGE_KEY = "image/encoded"
+# TensorFlow is never imported here: the decode workers are spawned processes that import this
+# module, and loading TensorFlow there would cost seconds per worker.
 _CLIPS_PER_SHARD = 200
-
-
-def shard_pattern(data_dir: str, split: str) -> str:
-    """Glob pattern of a split's shards: `{split}-{i:05d}-of-{n:05d}.tfrecord`."""
-    return os.path.join(data_dir, f"{split}-*-of-*{SHARD_SUFFIX}")
 
 
 def process_pool(
@@ -87,109 +78,6 @@ def map_in_processes(
         yield from (
             map(function, jobs) if own_pool is None else own_pool.imap(function, jobs, chunksize=8)
         )
-
-
-def _resize(frame: np.ndarray, frame_size: int | tuple[int, int] | None) -> np.ndarray:
-    if frame_size is None:
-        return frame
-    height, width = frame.shape[:2]
-    if isinstance(frame_size, int):  # short side, aspect ratio kept
-        scale = frame_size / min(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    else:
-        size = (frame_size[1], frame_size[0])
-    if size == (width, height):
-        return frame
-    # PIL widens the bilinear kernel when shrinking, so downscaling is anti-aliased.
-    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR))
-
-
-def _decode_frames(
-    path: str, frame_size: int | tuple[int, int] | None, max_frames: int | None
-) -> Iterator[np.ndarray]:
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("the file has no video stream")
-        stream = container.streams.video[0]
-        # Parallelism is across clips; per-file decoder threads cost more than they save here.
-        stream.thread_count = 1
-        # One reformatter per video keeps its colour conversion context across frames (a new one
-        # per frame doubled the decoding time of short clips).
-        reformatter = VideoReformatter()
-        count = 0
-        for frame in container.decode(stream):
-            rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
-            yield _resize(rgb, frame_size)
-            count += 1
-            if max_frames is not None and count >= max_frames:
-                return
-        if count == 0:
-            raise ValueError("no decodable video frame")
-
-
-def decode_video(
-    path: str,
-    frame_size: int | tuple[int, int] | None = None,
-    max_frames: int | None = None,
-) -> np.ndarray:
-    """Decodes all frames (or the first `max_frames`) of a video as uint8 RGB (T, H, W, 3).
-
-    `frame_size` is `(height, width)`, or an int for the short side (aspect ratio kept).
-    """
-    return np.stack(list(_decode_frames(path, frame_size, max_frames)))
-
-
-def encode_jpeg(frames: np.ndarray | Sequence[np.ndarray], quality: int = 90) -> list[bytes]:
-    """JPEG-encodes every frame of a uint8 RGB clip (T, H, W, 3)."""
-    encoded = []
-    for frame in frames:
-        buffer = io.BytesIO()
-        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
-        encoded.append(buffer.getvalue())
-    return encoded
-
-
-def encode_clip(
-    jpeg_frames: Sequence[bytes], label_index: int, label_text: str, clip_id: str
-) -> bytes:
-    """Serializes one clip as a `tf.train.SequenceExample` in the Model Garden / DMVR layout."""
-    import tensorflow as tf
-
-    example = tf.train.SequenceExample()
-    context = example.context.feature
-    context[LABEL_INDEX_KEY].int64_list.value.append(label_index)
-    context[LABEL_TEXT_KEY].bytes_list.value.append(label_text.encode("utf-8"))
-    context[CLIP_ID_KEY].bytes_list.value.append(clip_id.encode("utf-8"))
-    context[NUM_FRAMES_KEY].int64_list.value.append(len(jpeg_frames))
-    images = example.feature_lists.feature_list[IMAGE_KEY]
-    for jpeg in jpeg_frames:
-        images.feature.add().bytes_list.value.append(jpeg)
-    return example.SerializeToString()
-
-
-def write_shards(examples: Iterator[bytes], out_dir: str, split: str, num_shards: int) -> list[str]:
-    """Writes serialized examples round-robin into `num_shards` shards; returns the shard paths.
-
-    Existing shards of the split are deleted first: a previous run with another shard count would
-    otherwise leave files that the split's glob pattern still matches (duplicated clips).
-    """
-    import tensorflow as tf
-
-    os.makedirs(out_dir, exist_ok=True)
-    for stale in tf.io.gfile.glob(shard_pattern(out_dir, split)):
-        tf.io.gfile.remove(stale)
-    paths = [
-        os.path.join(out_dir, f"{split}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
-        for i in range(num_shards)
-    ]
-    writers = [tf.io.TFRecordWriter(path) for path in paths]
-    try:
-        for i, example in enumerate(examples):
-            writers[i % num_shards].write(example)
-    finally:
-        for writer in writers:
-            writer.close()
-    return paths
 
 
 def read_manifest(
@@ -241,7 +129,7 @@ def _load_clip(job: tuple) -> tuple[list[bytes] | None, list[int] | None, str | 
     """Worker: decodes and JPEG-encodes one video; returns (jpegs, [height, width], error)."""
     path, frame_size, max_frames, quality = job
     try:
-        frames = list(_decode_frames(path, frame_size, max_frames))
+        frames = list(decode_frames(path, frame_size, max_frames))
         return encode_jpeg(frames, quality), list(frames[0].shape[:2]), None
     except Exception as error:  # noqa: BLE001 -- any failure is reported per clip, not fatal
         return None, None, f"{type(error).__name__}: {error}"
@@ -351,83 +239,6 @@ def prepare_split(
         time.time() - start_time,
     )
     return summary
-
-
-def write_dataset_info(
-    out_dir: str,
-    classes: Sequence[str],
-    order_pairs: Sequence[Sequence[str]],
-    flip_pairs: Sequence[Sequence[str]],
-    counts: dict[str, int],
-    num_frames: int,
-    frame_size: Sequence[int] | None,
-    flip_breaks: Sequence[str] = (),
-    generator: dict | None = None,
-) -> str:
-    """Writes `dataset.json`, the description of a prepared dataset that the pipeline reads.
-
-    Args:
-      classes: ordered class names; a clip's label is its index in this list.
-      order_pairs: [a, b] class pairs whose clips are each other's time reversal.
-      flip_pairs: [a, b] class pairs that a horizontal flip swaps (the pipeline remaps labels).
-      counts: number of clips per split.
-      num_frames: frames of the shortest stored clip.
-      frame_size: [height, width] of the stored frames, None if clips differ.
-      flip_breaks: classes that a horizontal flip turns into no class (never flipped).
-      generator: metadata of a generated dataset (name, version, seed, scale, ...).
-
-    Returns:
-      The path of the written file. It is written atomically, so its presence marks a complete
-      dataset.
-    """
-    classes = list(classes)
-    known = set(classes)
-    flipped = [name for pair in flip_pairs for name in pair]
-    for kind, names in (
-        ("order_pairs", [n for p in order_pairs for n in p]),
-        ("flip_pairs", flipped),
-        ("flip_breaks", list(flip_breaks)),
-    ):
-        unknown = sorted(set(names) - known)
-        if unknown:
-            raise ValueError(
-                f"{kind} names classes that do not exist: {unknown}; classes: {classes}."
-            )
-    for kind, pairs in (("order_pairs", order_pairs), ("flip_pairs", flip_pairs)):
-        for pair in pairs:
-            if len(pair) != 2 or pair[0] == pair[1]:
-                raise ValueError(f"{kind} entries must be two different classes, got {pair!r}.")
-    if len(set(flipped)) != len(flipped) or set(flipped) & set(flip_breaks):
-        raise ValueError("A class can be in at most one flip pair and not also in flip_breaks.")
-    info = dict(
-        classes=classes,
-        order_pairs=[list(p) for p in order_pairs],
-        flip_pairs=[list(p) for p in flip_pairs],
-        flip_breaks=list(flip_breaks),
-        splits=dict(counts),
-        num_frames=int(num_frames),
-        frame_size=None if frame_size is None else [int(frame_size[0]), int(frame_size[1])],
-    )
-    if generator is not None:
-        info["generator"] = dict(generator)
-    path = os.path.join(out_dir, DATASET_INFO)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def read_dataset_info(data_dir: str) -> dict:
-    """Reads `data_dir/dataset.json` (written by `write_dataset_info`)."""
-    path = os.path.join(data_dir, DATASET_INFO)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"No {DATASET_INFO} in {data_dir!r}: prepare the data with kvid-prepare (or generate "
-            "the default dataset with kvid_training.synthetic.ensure_default_dataset)."
-        )
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def merge_summaries(summaries: Sequence[dict], previous: dict | None = None) -> dict:

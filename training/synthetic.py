@@ -39,6 +39,7 @@ import av
 import numpy as np
 from absl import logging
 
+from kvid.data import dataset
 from kvid_training import prepare
 
 GENERATOR_NAME = "kvid-synthetic"
@@ -588,7 +589,7 @@ def generate(
     flip_breaks += [
         name for pair in FLIP_PAIRS for name in pair if name in present and not set(pair) <= present
     ]
-    prepare.write_dataset_info(
+    dataset.write_dataset_info(
         out_dir,
         classes,
         order_pairs,
@@ -598,7 +599,7 @@ def generate(
         **prepare.merge_summaries(summaries),
     )
     logging.info("Synthetic dataset ready in %s (%.1f s).", out_dir, time.time() - start_time)
-    return prepare.read_dataset_info(out_dir)
+    return dataset.read_dataset_info(out_dir)
 
 
 def ensure_default_dataset(data_dir: str, seed: int = 0, scale: float = 1.0) -> str:
@@ -609,9 +610,9 @@ def ensure_default_dataset(data_dir: str, seed: int = 0, scale: float = 1.0) -> 
     a `data_dir` that holds another (non-synthetic) dataset.
     """
     expected = _generator_metadata(seed, scale, SPLIT_SIZES, NUM_FRAMES, FRAME_SIZE)
-    info_path = os.path.join(data_dir, prepare.DATASET_INFO)
+    info_path = os.path.join(data_dir, dataset.DATASET_INFO)
     if os.path.exists(info_path):
-        info = prepare.read_dataset_info(data_dir)
+        info = dataset.read_dataset_info(data_dir)
         generator = info.get("generator")
         if generator is None or generator.get("name") != GENERATOR_NAME:
             raise ValueError(
@@ -619,7 +620,7 @@ def ensure_default_dataset(data_dir: str, seed: int = 0, scale: float = 1.0) -> 
                 "pass an empty or synthetic data_dir instead of overwriting it."
             )
         shards_present = all(
-            glob.glob(prepare.shard_pattern(data_dir, split)) for split in info["splits"]
+            glob.glob(dataset.shard_pattern(data_dir, split)) for split in info["splits"]
         )
         if generator == expected and list(info["classes"]) == list(CLASSES) and shards_present:
             return data_dir

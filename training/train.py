@@ -28,7 +28,8 @@ import kvid
 
 # Sibling modules come from the installed package (never relative imports: this file also runs as
 # a script, where it has no parent package).
-from kvid_training import config, loop, prepare, synthetic, workdir
+from kvid.data import dataset
+from kvid_training import config, loop, synthetic, workdir
 
 FLAGS = flags.FLAGS
 
@@ -355,14 +356,14 @@ def _ensure_data_dir(data_dir: str, dataset_seed: int, dataset_scale: float) -> 
     when the dataset there matches --dataset_seed / --dataset_scale, and regenerates it otherwise.
     """
     if os.path.normpath(data_dir) != os.path.normpath(DEFAULT_DATA_DIR):
-        if not os.path.exists(os.path.join(data_dir, prepare.DATASET_INFO)):
+        if not os.path.exists(os.path.join(data_dir, dataset.DATASET_INFO)):
             raise app.UsageError(
-                f"--data_dir={data_dir}: no prepared dataset there ({prepare.DATASET_INFO} "
+                f"--data_dir={data_dir}: no prepared dataset there ({dataset.DATASET_INFO} "
                 f"missing); prepare videos with kvid-prepare, or leave --data_dir at "
                 f"{DEFAULT_DATA_DIR} for the generated default dataset"
             )
         return
-    if not os.path.exists(os.path.join(data_dir, prepare.DATASET_INFO)):
+    if not os.path.exists(os.path.join(data_dir, dataset.DATASET_INFO)):
         logging.info("Generating the default dataset in %s (first run only).", data_dir)
     try:
         synthetic.ensure_default_dataset(data_dir, seed=dataset_seed, scale=dataset_scale)
@@ -443,7 +444,7 @@ def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
             raise app.UsageError(str(error)) from error
         preset_fields = _preset_fields(FLAGS.preset)
         _ensure_data_dir(FLAGS.data_dir, FLAGS.dataset_seed, FLAGS.dataset_scale)
-        info = prepare.read_dataset_info(FLAGS.data_dir)
+        info = dataset.read_dataset_info(FLAGS.data_dir)
         try:
             cfg = config_from_flags(FLAGS, preset_fields=preset_fields, dataset_info=info)
         except ValueError as error:

@@ -1,24 +1,21 @@
-"""The files of a training workdir (the contract that kvid-convert and kvid-eval read).
+"""The files of a training workdir.
 
 ```
 WORKDIR/flags.txt            resolved flags in flagfile format (replayable with --flagfile)
 WORKDIR/config.json          the frozen TrainConfig
-WORKDIR/model.json           how to rebuild the model and feed it
-WORKDIR/label_map.json       class names in label order
 WORKDIR/checkpoints/{float,qat}/   tf.train.CheckpointManager checkpoints
 WORKDIR/tensorboard/{float,qat}/   TensorBoard logs
 WORKDIR/metrics.jsonl        one JSON line per epoch
 WORKDIR/training_curve.png   loss / accuracy curves of both phases
-WORKDIR/export/{float,qat}/  SavedModels, signature serving_default: "video" -> "logits"
-WORKDIR/export/{float,qat}.weights.h5   Keras weights
 ```
+plus what the deploy tools read, `model.json`, `label_map.json` and `export/` (the contract in
+`kvid.data.workdir`).
 Exports are written to a temporary name and renamed, so an existing export is always complete:
 a resumed run uses `export/float/` as the marker that the float phase is finished.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -27,6 +24,15 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
+from kvid.data.workdir import (
+    INPUT_NAME,
+    LABEL_MAP_JSON,
+    MODEL_JSON,
+    OUTPUT_NAME,
+    SIGNATURE_KEY,
+    model_json,
+    write_json,
+)
 from kvid_training import config
 
 # Flags that do not change what a run computes: a re-run may change them and still resume.
@@ -36,15 +42,6 @@ _FLAGS_IGNORED_FOR_RESUME = frozenset({"verbose", "checkpoint_every_steps", "wor
 def path(workdir: str, *parts: str) -> str:
     """A path inside the workdir."""
     return os.path.join(workdir, *parts)
-
-
-def write_json(file_path: str, value: Any) -> None:
-    """Writes `value` as indented JSON, atomically (temporary file, then rename)."""
-    tmp_path = file_path + ".tmp"
-    with open(tmp_path, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-        file.write("\n")
-    os.replace(tmp_path, file_path)
 
 
 def write_run_files(
@@ -57,29 +54,25 @@ def write_run_files(
       preset_fields: `kvid.models.get_preset(cfg.preset)` (input normalisation).
       info: the dataset's dataset.json (class names and order pairs).
     """
-    height, width = cfg.image_size
     write_json(path(cfg.workdir, "config.json"), cfg.to_json_dict())
-    write_json(path(cfg.workdir, "label_map.json"), list(info["classes"]))
+    write_json(path(cfg.workdir, LABEL_MAP_JSON), list(info["classes"]))
     write_json(
-        path(cfg.workdir, "model.json"),
-        {
-            "preset": cfg.preset,
-            "num_classes": cfg.num_classes,
-            "overrides": cfg.to_json_dict()["model_overrides"],
-            "input_shape": [cfg.num_frames, height, width, 3],
-            "labels": list(info["classes"]),
-            "order_pairs": [list(pair) for pair in info.get("order_pairs", [])],
-            "normalization": {
+        path(cfg.workdir, MODEL_JSON),
+        model_json(
+            preset=cfg.preset,
+            num_classes=cfg.num_classes,
+            overrides=cfg.to_json_dict()["model_overrides"],
+            num_frames=cfg.num_frames,
+            image_size=cfg.image_size,
+            frame_stride=cfg.frame_stride,
+            labels=info["classes"],
+            order_pairs=info.get("order_pairs", []),
+            normalization={
                 "mean": preset_fields.get("input_mean"),
                 "std": preset_fields.get("input_std"),
             },
-            "data_dir": cfg.data_dir,
-            "input": {
-                "num_frames": cfg.num_frames,
-                "image_size": [height, width],
-                "frame_stride": cfg.frame_stride,
-            },
-        },
+            data_dir=cfg.data_dir,
+        ),
     )
 
 
@@ -130,16 +123,16 @@ def export_saved_model(model: keras.Model, export_dir: str, input_shape: Sequenc
     and fails on layers (e.g. tfmot wrappers) whose calls need extra arguments.
     """
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float32, name="video")])
+    @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float32, name=INPUT_NAME)])
     def serve(video):
-        return {"logits": model(video, training=False)}
+        return {OUTPUT_NAME: model(video, training=False)}
 
     module = tf.Module()
     module.model_variables = list(model.variables)
     module.serve = serve
     tmp_dir = export_dir + ".tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    tf.saved_model.save(module, tmp_dir, signatures={"serving_default": serve})
+    tf.saved_model.save(module, tmp_dir, signatures={SIGNATURE_KEY: serve})
     shutil.rmtree(export_dir, ignore_errors=True)
     os.replace(tmp_dir, export_dir)
 

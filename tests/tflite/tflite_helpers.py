@@ -3,17 +3,18 @@ training/train.py exports, and fake workdirs.
 
 Input (T, H, W, 3) = (4, 16, 16, 3); every model is a flat functional graph, and the SavedModel
 signature is `serving_default: video (None, T, H, W, 3) float32 -> {"logits": ...}`, tracking
-only the variables (as kvid_training.workdir.export_saved_model does).
+only the variables (as training/workdir.py's export_saved_model does).
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+from kvid.data.workdir import MODEL_JSON, model_json, write_json
 
 CLIP_SHAPE = (4, 16, 16, 3)
 NUM_CLASSES = 5
@@ -94,22 +95,22 @@ def random_clips(count: int, seed: int) -> list[np.ndarray]:
 def write_workdir(root: str, float_model=None, qat_model=None, data_dir: str = "data") -> str:
     """A workdir with model.json and the exports given."""
     os.makedirs(os.path.join(root, "export"), exist_ok=True)
-    with open(os.path.join(root, "model.json"), "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "preset": "toy",
-                "num_classes": NUM_CLASSES,
-                "overrides": {},
-                "input_shape": list(CLIP_SHAPE),
-                "labels": LABELS,
-                # Class names, as training/train.py writes them (copied from dataset.json).
-                "order_pairs": [[LABELS[a], LABELS[b]] for a, b in ORDER_PAIRS],
-                "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-                "data_dir": data_dir,
-                "input": {"num_frames": 4, "image_size": [16, 16], "frame_stride": 1},
-            },
-            f,
-        )
+    write_json(
+        os.path.join(root, MODEL_JSON),
+        model_json(
+            preset="toy",
+            num_classes=NUM_CLASSES,
+            overrides={},
+            num_frames=CLIP_SHAPE[0],
+            image_size=CLIP_SHAPE[1:3],
+            frame_stride=1,
+            labels=LABELS,
+            # Class names, as training/train.py writes them (copied from dataset.json).
+            order_pairs=[[LABELS[a], LABELS[b]] for a, b in ORDER_PAIRS],
+            normalization={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+            data_dir=data_dir,
+        ),
+    )
     os.makedirs(os.path.join(root, data_dir), exist_ok=True)
     if float_model is not None:
         save_serving(float_model, os.path.join(root, "export", "float"))

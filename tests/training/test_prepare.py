@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kvid.data import dataset
+from kvid.data.video import decode_video
 from kvid_training import prepare, synthetic
 
 CLASSES = ["dark", "bright"]
@@ -71,16 +73,16 @@ def prepared(videos, tmp_path_factory):
 
 def test_decode_video_reads_every_frame_in_order(videos):
     root, lengths = videos
-    frames = prepare.decode_video(str(root / "clips/c.mp4"))
+    frames = decode_video(str(root / "clips/c.mp4"))
     assert frames.shape == (12, 40, 48, 3) and frames.dtype == np.uint8
     np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)), 12 * np.arange(12), atol=2.0)
-    assert prepare.decode_video(str(root / "clips/c.mp4"), max_frames=5).shape[0] == 5
-    assert prepare.decode_video(str(root / "clips/c.mp4"), frame_size=(20, 30)).shape[1:3] == (
+    assert decode_video(str(root / "clips/c.mp4"), max_frames=5).shape[0] == 5
+    assert decode_video(str(root / "clips/c.mp4"), frame_size=(20, 30)).shape[1:3] == (
         20,
         30,
     )
     # An int is the short side: 40x48 -> 30x36.
-    assert prepare.decode_video(str(root / "clips/c.mp4"), frame_size=30).shape[1:3] == (30, 36)
+    assert decode_video(str(root / "clips/c.mp4"), frame_size=30).shape[1:3] == (30, 36)
 
 
 def test_unreadable_videos_are_reported_and_skipped(prepared):
@@ -171,12 +173,12 @@ def test_preparing_again_replaces_the_old_shards(videos, tmp_path):
     out_dir = str(tmp_path / "out")
     prepare.prepare_split(csv_path, out_dir, "val", CLASSES, num_shards=2)
     summary = prepare.prepare_split(csv_path, out_dir, "val", CLASSES, num_shards=1)
-    assert tf.io.gfile.glob(prepare.shard_pattern(out_dir, "val")) == summary["shards"]
+    assert tf.io.gfile.glob(dataset.shard_pattern(out_dir, "val")) == summary["shards"]
     assert len(_read_examples(summary["shards"])) == 2
 
 
 def test_dataset_info_round_trip_and_errors(tmp_path):
-    path = prepare.write_dataset_info(
+    path = dataset.write_dataset_info(
         str(tmp_path),
         ["a", "b", "c"],
         order_pairs=[["a", "b"]],
@@ -185,22 +187,22 @@ def test_dataset_info_round_trip_and_errors(tmp_path):
         num_frames=16,
         frame_size=(72, 72),
     )
-    info = prepare.read_dataset_info(str(tmp_path))
+    info = dataset.read_dataset_info(str(tmp_path))
     assert path == os.path.join(str(tmp_path), "dataset.json")
     assert info["classes"] == ["a", "b", "c"] and info["order_pairs"] == [["a", "b"]]
     assert info["flip_pairs"] == [["b", "c"]] and info["splits"] == {"train": 4, "test": 2}
     assert info["num_frames"] == 16 and info["frame_size"] == [72, 72]
     with pytest.raises(ValueError, match="flip_pairs.*'z'"):
-        prepare.write_dataset_info(str(tmp_path), ["a", "b"], [], [["a", "z"]], {}, 16, None)
+        dataset.write_dataset_info(str(tmp_path), ["a", "b"], [], [["a", "z"]], {}, 16, None)
     with pytest.raises(FileNotFoundError, match="empty"):
-        prepare.read_dataset_info(str(tmp_path / "empty"))
+        dataset.read_dataset_info(str(tmp_path / "empty"))
 
 
 def test_command_line_prepares_a_split_and_keeps_other_splits(videos, tmp_path):
     root, _ = videos
     csv_path = _write_csv(root / "cli.csv", [("clips/a.mp4", "dark"), ("clips/b.mp4", "bright")])
     out_dir = str(tmp_path / "data")
-    prepare.write_dataset_info(out_dir, CLASSES, [], [], {"train": 7}, 9, (40, 48))
+    dataset.write_dataset_info(out_dir, CLASSES, [], [], {"train": 7}, 9, (40, 48))
     command = [
         sys.executable,
         "-c",
@@ -213,7 +215,7 @@ def test_command_line_prepares_a_split_and_keeps_other_splits(videos, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "val: 2 clips in 1 shards, 0 unreadable videos skipped" in result.stdout
-    info = prepare.read_dataset_info(out_dir)
+    info = dataset.read_dataset_info(out_dir)
     assert info["classes"] == CLASSES  # taken from the existing dataset.json
     assert info["splits"] == {"train": 7, "val": 2}
     assert info["flip_pairs"] == [["dark", "bright"]]

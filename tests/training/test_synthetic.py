@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kvid_training import prepare, synthetic
+from kvid.data import dataset
+from kvid.data.video import decode_video
+from kvid_training import synthetic
 
 # In CLASSES order, which generate() keeps whatever order it is given.
 SUBSET = ["zoom_in", "zoom_out", "rotate_clockwise", "left_then_right", "right_then_left"]
@@ -25,7 +27,7 @@ def _read_clips(data_dir, split):
     """{clip id: (label text, decoded frames (T, H, W, 3), sha1 of the JPEG bytes)}."""
     clips = {}
     for record in tf.data.TFRecordDataset(
-        sorted(glob.glob(prepare.shard_pattern(data_dir, split)))
+        sorted(glob.glob(dataset.shard_pattern(data_dir, split)))
     ):
         example = tf.train.SequenceExample.FromString(record.numpy())
         context = example.context.feature
@@ -153,7 +155,7 @@ def test_tiny_dataset_layout_and_dataset_info(tiny):
     for split in SIZES:
         assert os.path.exists(os.path.join(data_dir, f"{split}.csv"))
     video = os.path.join(data_dir, "videos", "train", "zoom_in", "00002.mp4")
-    assert prepare.decode_video(video).shape == (16, 72, 72, 3)
+    assert decode_video(video).shape == (16, 72, 72, 3)
 
 
 def test_decoded_clips_match_the_generated_frames_including_reversed_classes(tiny):
@@ -207,7 +209,7 @@ def test_generation_is_reproducible_down_to_the_tfrecord_bytes(tiny, tmp_path):
 def test_ensure_default_dataset_reuses_regenerates_and_protects(tmp_path):
     data_dir = str(tmp_path / "default")
     assert synthetic.ensure_default_dataset(data_dir, seed=0, scale=0.01) == data_dir
-    info = prepare.read_dataset_info(data_dir)
+    info = dataset.read_dataset_info(data_dir)
     assert info["classes"] == list(synthetic.CLASSES)
     # Scale 0.01 of 150/25/50 clips per class rounds to 2/0/0, and every split keeps one clip.
     per_class = {"train": 2, "val": 1, "test": 1}
@@ -217,9 +219,9 @@ def test_ensure_default_dataset_reuses_regenerates_and_protects(tmp_path):
     synthetic.ensure_default_dataset(data_dir, seed=0, scale=0.01)
     assert os.stat(info_path).st_mtime_ns == stamp  # same seed and scale: nothing regenerated
     synthetic.ensure_default_dataset(data_dir, seed=1, scale=0.01)
-    assert prepare.read_dataset_info(data_dir)["generator"]["seed"] == 1
+    assert dataset.read_dataset_info(data_dir)["generator"]["seed"] == 1
 
     other = str(tmp_path / "user_data")
-    prepare.write_dataset_info(other, ["a", "b"], [], [], {"train": 1}, 8, None)
+    dataset.write_dataset_info(other, ["a", "b"], [], [], {"train": 1}, 8, None)
     with pytest.raises(ValueError, match="did not write"):
         synthetic.ensure_default_dataset(other)

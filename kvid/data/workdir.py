@@ -1,12 +1,18 @@
-"""Reads a training workdir (written by `training/train.py`) for conversion and evaluation.
+"""The workdir contract: what `training/train.py` writes and the deploy tools read.
 
-Layout:
-  WORKDIR/model.json      preset, num_classes, input_shape [T, H, W, 3], labels, order_pairs,
-                          normalization, data_dir, input {num_frames, image_size, frame_stride}
-  WORKDIR/export/float/   tf_keras SavedModel, signature serving_default: video -> logits
-  WORKDIR/export/qat/     the same for the quantization-aware model (optional)
-
-Every error names the workdir and the file that is missing or broken.
+```
+WORKDIR/model.json            preset, num_classes, overrides, input_shape [T, H, W, 3], labels,
+                              order_pairs, normalization, data_dir,
+                              input {num_frames, image_size, frame_stride}
+WORKDIR/label_map.json        class names in label order
+WORKDIR/export/float/         SavedModel, signature serving_default: "video" -> "logits"
+WORKDIR/export/qat/           the same for the quantization-aware model (optional)
+WORKDIR/export/{float,qat}.weights.h5   Keras weights of the same models
+```
+`model_json` builds the one `model.json` document and `load_workdir` parses it; both sides use
+this module, so the format is written down once. Every error names the workdir and the file that
+is missing or broken. (Training's own files, checkpoints and logs, are described in
+`training/workdir.py`.)
 """
 
 from __future__ import annotations
@@ -18,11 +24,70 @@ from collections.abc import Sequence
 from typing import Any
 
 MODEL_JSON = "model.json"
+LABEL_MAP_JSON = "label_map.json"
+# The exported SavedModels' serving signature.
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "video"
+OUTPUT_NAME = "logits"
 _REQUIRED_KEYS = ("num_classes", "input_shape", "labels")
 
 
 class WorkdirError(ValueError):
     """The workdir is missing a file or a field that a command needs."""
+
+
+def model_json(
+    *,
+    preset: str,
+    num_classes: int,
+    overrides: dict[str, Any],
+    num_frames: int,
+    image_size: Sequence[int],
+    frame_stride: int,
+    labels: Sequence[str],
+    order_pairs: Sequence[Sequence[str]],
+    normalization: dict[str, Any],
+    data_dir: str,
+) -> dict[str, Any]:
+    """The `model.json` document: how to rebuild the model and how to feed it.
+
+    Args:
+      preset: the kvid preset; `kvid.models.create(preset, num_classes, **overrides)` rebuilds
+        the model whose weights are in `export/`.
+      num_classes: classifier width.
+      overrides: preset fields changed from the preset (they include the input size).
+      num_frames, image_size, frame_stride: the clips the model was trained on: `num_frames`
+        frames `frame_stride` apart, `image_size` (height, width).
+      labels: class names in label order.
+      order_pairs: class pairs that are each other's time reversal (evaluation reports them).
+      normalization: {"mean", "std"} of the input normalisation inside the model (informative).
+      data_dir: the dataset the model was trained on (for calibration and evaluation).
+    """
+    height, width = (int(v) for v in image_size)
+    return {
+        "preset": preset,
+        "num_classes": int(num_classes),
+        "overrides": dict(overrides),
+        "input_shape": [int(num_frames), height, width, 3],
+        "labels": [str(label) for label in labels],
+        "order_pairs": [list(pair) for pair in order_pairs],
+        "normalization": dict(normalization),
+        "data_dir": data_dir,
+        "input": {
+            "num_frames": int(num_frames),
+            "image_size": [height, width],
+            "frame_stride": int(frame_stride),
+        },
+    }
+
+
+def write_json(file_path: str, value: Any) -> None:
+    """Writes `value` as indented JSON, atomically (temporary file, then rename)."""
+    tmp_path = file_path + ".tmp"
+    with open(tmp_path, "w", encoding="utf-8") as file:
+        json.dump(value, file, indent=2)
+        file.write("\n")
+    os.replace(tmp_path, file_path)
 
 
 def is_saved_model(path: str) -> bool:

@@ -1,6 +1,6 @@
-"""tf.data input pipeline over prepared TFRecord shards (DESIGN.md section 8).
+"""tf.data input pipeline over prepared TFRecord shards (docs/data.md).
 
-Reads the SequenceExamples written by `prepare.py` (one JPEG per frame), samples frames, decodes
+Reads the SequenceExamples of `kvid.data.dataset` (one JPEG per frame), samples frames, decodes
 only the sampled JPEGs in-graph and crops:
 
 - train: a random clip of `num_frames` frames every `frame_stride` frames (stride optionally
@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kvid_training import prepare
+from kvid.data import dataset
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Eval resizes so that the centre crop keeps 87.5% of the frame (the 224-of-256 ImageNet
@@ -110,7 +110,7 @@ class InputConfig:
 def _dataset_info(data_dir: str) -> dict:
     """dataset.json if present: shards written by other DMVR tools may come without one."""
     try:
-        return prepare.read_dataset_info(data_dir)
+        return dataset.read_dataset_info(data_dir)
     except FileNotFoundError:
         return {}
 
@@ -118,13 +118,13 @@ def _dataset_info(data_dir: str) -> dict:
 def _shard_files(data_dir: str, split: str) -> tuple[tf.data.Dataset, int]:
     if not tf.io.gfile.isdir(data_dir):
         raise FileNotFoundError(f"Data directory {data_dir!r} (split {split!r}) does not exist.")
-    pattern = prepare.shard_pattern(data_dir, split)
+    pattern = dataset.shard_pattern(data_dir, split)
     num_files = len(tf.io.gfile.glob(pattern))
     if not num_files:
         found = sorted(
             {
                 os.path.basename(path).split("-")[0]
-                for path in tf.io.gfile.glob(prepare.shard_pattern(data_dir, "*"))
+                for path in tf.io.gfile.glob(dataset.shard_pattern(data_dir, "*"))
             }
         )
         raise FileNotFoundError(
@@ -153,10 +153,10 @@ def _parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(JPEG strings (N,), label int32) of one serialized SequenceExample."""
     context, sequence = tf.io.parse_single_sequence_example(
         serialized,
-        context_features={prepare.LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64)},
-        sequence_features={prepare.IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)},
+        context_features={dataset.LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64)},
+        sequence_features={dataset.IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)},
     )
-    return sequence[prepare.IMAGE_KEY], tf.cast(context[prepare.LABEL_INDEX_KEY], tf.int32)
+    return sequence[dataset.IMAGE_KEY], tf.cast(context[dataset.LABEL_INDEX_KEY], tf.int32)
 
 
 def _clip_indices(starts: tf.Tensor, num_frames: int, stride, num_available) -> tf.Tensor:
@@ -187,7 +187,7 @@ def _flip_tables(config: InputConfig, info: dict) -> tuple[tf.Tensor, tf.Tensor]
     classes = info.get("classes")
     if not classes:
         raise FileNotFoundError(
-            f"flip=True needs {config.data_dir}/{prepare.DATASET_INFO}: its flip_pairs say which "
+            f"flip=True needs {config.data_dir}/{dataset.DATASET_INFO}: its flip_pairs say which "
             "labels a horizontal flip swaps."
         )
     index = {name: i for i, name in enumerate(classes)}
@@ -367,7 +367,7 @@ def num_examples(data_dir: str, split: str) -> int:
     if info:
         if split not in info.get("splits", {}):
             raise ValueError(
-                f"Split {split!r} is not in {data_dir}/{prepare.DATASET_INFO}; splits: "
+                f"Split {split!r} is not in {data_dir}/{dataset.DATASET_INFO}; splits: "
                 f"{sorted(info.get('splits', {}))}."
             )
         return int(info["splits"][split])

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kvid_training import pipeline, prepare
+from kvid.data import dataset, pipeline
+from kvid.data.video import encode_jpeg
 
 CLASSES = ["turn_left", "turn_right", "spin", "text"]
 FLIP_PAIRS = [["turn_left", "turn_right"]]
@@ -40,17 +41,17 @@ def _clip_frames(clip: int) -> np.ndarray:
 def _write_dataset(data_dir, make_frames, num_clips, shards) -> None:
     for split, num_shards in shards.items():
         examples = (
-            prepare.encode_clip(
-                prepare.encode_jpeg(make_frames(i), quality=95),
+            dataset.encode_clip(
+                encode_jpeg(make_frames(i), quality=95),
                 _label(i),
                 CLASSES[_label(i)],
                 str(i),
             )
             for i in range(num_clips)
         )
-        prepare.write_shards(examples, data_dir, split, num_shards)
+        dataset.write_shards(examples, data_dir, split, num_shards)
     lengths = [len(make_frames(i)) for i in range(num_clips)]
-    prepare.write_dataset_info(
+    dataset.write_dataset_info(
         data_dir,
         CLASSES,
         [],
@@ -254,7 +255,7 @@ def test_bad_inputs_give_errors_naming_the_problem(data_dir, tmp_path, caplog):
 
 
 def test_shards_without_dataset_json(data_dir, tmp_path):
-    for path in glob.glob(prepare.shard_pattern(data_dir, "train")):
+    for path in glob.glob(dataset.shard_pattern(data_dir, "train")):
         shutil.copy(path, tmp_path / os.path.basename(path))
     assert pipeline.num_examples(str(tmp_path), "train") == NUM_CLIPS  # counted from the shards
     videos, _ = next(iter(pipeline.train_dataset(_config(str(tmp_path)))))
