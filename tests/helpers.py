@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 
+import kvid
 from kvid.backend import keras, tf
 from kvid_tflite.convert import convert_keras_model
 from kvid_tflite.litert import TFLiteModel
@@ -118,3 +119,52 @@ def np_dense(layer, x):
 
 def np_hard_sigmoid(x):
     return np.clip(x + 3, 0, 6) / 6
+
+
+# ------------------------------------------------------------------------------------------------
+# Small inputs: every preset at an input small enough for the default test tier
+# ------------------------------------------------------------------------------------------------
+def _divisor(side: int, at_most: int) -> int:
+    return max(d for d in range(1, min(side, at_most) + 1) if side % d == 0)
+
+
+# DualFormer's windows and pyramids must tile every stage, so a reduced input brings its own.
+_DUALFORMER_SMALL = {
+    "reference": dict(
+        num_frames=16, image_size=64, window_sizes=((8, 4, 4),) * 3 + ((8, 2, 2),),
+        fine_pyramid_sizes=((8, 4, 4), (8, 4, 4), (8, 2, 2), (16, 2, 2)),
+        coarse_pyramid_sizes=((4, 2, 2), (4, 2, 2), None, None), coarse_first_kernel=(1, 4, 4),
+    ),
+    "mobile": dict(
+        image_size=64, window_sizes=((2, 4, 4),) * 3 + ((2, 2, 2),),
+        fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 2, 2), (4, 2, 2)),
+        coarse_pyramid_sizes=((1, 2, 2), None, None, None), num_frames=8,
+    ),
+}  # fmt: skip
+
+
+def posmlp_small_overrides(name: str, frames: int = 4, size: int = 64) -> dict:
+    """A reduced PosMLP-Video input, with windows that tile it (whole-frame windows stay so)."""
+    windows = kvid.models.get_preset(name)["window_sizes"]
+    sides = [size // 4 // 2**i for i in range(4)]
+    return dict(
+        num_frames=frames,
+        image_size=size,
+        window_sizes=tuple(None if w is None else _divisor(s, w) for w, s in zip(windows, sides)),
+    )
+
+
+def small_overrides(name: str) -> dict:
+    """Overrides that run preset `name` at a small input (4-16 frames of 32-64 pixels)."""
+    family, cfg = kvid.models.family_of(name), kvid.models.get_preset(name)
+    if family == "mobile_former":
+        return dict(image_size=64, **({} if cfg["image_input"] else dict(num_frames=4)))
+    if family == "xvit":
+        return dict(num_frames=4, image_size=2 * cfg["patch_size"])
+    if family == "posmlp":
+        return posmlp_small_overrides(name)
+    if family == "dualformer":
+        if cfg["image_size"] <= 64:
+            return {}
+        return dict(_DUALFORMER_SMALL["reference" if cfg["image_size"] >= 224 else "mobile"])
+    raise ValueError(f"no small input known for family {family!r}")

@@ -697,10 +697,18 @@ def check_edgetpu(
         passed: every op maps and the compiler is not expected to refuse the file.
     """
     content = bytes(model) if isinstance(model, (bytes, bytearray)) else None
+    where = "model bytes" if content is not None else os.fspath(model)
     if content is None:
+        if os.path.isdir(model):
+            raise ValueError(f"{where}: a directory, not a .tflite file")
         with open(model, "rb") as f:
             content = f.read()
-    ops, graph_inputs, graph_outputs = _read_model(content)
+    if content[4:8] != b"TFL3":
+        raise ValueError(f"{where}: not a .tflite model (no TFL3 file identifier)")
+    try:
+        ops, graph_inputs, graph_outputs = _read_model(content)
+    except Exception as error:  # noqa: BLE001 -- a damaged flatbuffer fails in many ways
+        raise ValueError(f"{where}: damaged .tflite model ({type(error).__name__})") from None
     model_inputs = {t.index for t in graph_inputs}
     model_outputs = {t.index for t in graph_outputs}
     names = set(layer_names) if layer_names is not None else None
@@ -887,10 +895,19 @@ def format_report(report: dict[str, Any], show_ops: bool = False, limit: int = 2
     return "\n".join(lines)
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """A bad argument is one line naming it (argparse would print the usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`kvid-edgetpu-check MODEL [--json] [--ops] [--max_cpu_ops N]`; exit 1 when it fails."""
-    parser = argparse.ArgumentParser(
-        description="Edge TPU rule check of a .tflite (" + PREDICTION_NOTE + ")."
+    parser = _OneLineErrorParser(
+        prog="kvid-edgetpu-check",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Edge TPU rule check of a .tflite (" + PREDICTION_NOTE + ").",
     )
     parser.add_argument("model", help="path to a .tflite")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -902,7 +919,12 @@ def main(argv: list[str] | None = None) -> int:
         help="pass when at most this many ops (a tail) are predicted to run on the CPU",
     )
     args = parser.parse_args(argv)
-    report = check_edgetpu(args.model)
+    try:
+        report = check_edgetpu(args.model)
+    except (OSError, ValueError) as error:
+        message = str(error) if isinstance(error, ValueError) else f"{args.model}: {error.strerror}"
+        print(f"kvid-edgetpu-check: error: {message}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(report, indent=1))
     else:

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from absl import app, flags
 
+import kvid.cli
+from kvid.data.dataset import held_out_split
 from kvid.data.workdir import (
     WorkdirError,
     is_saved_model,
@@ -59,19 +60,30 @@ def load_classifier(path: str, num_threads: int | None = None) -> tuple[Classifi
     Returns:
       (classifier, kind, clip_shape) with kind "tflite" or "saved_model".
     """
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise WorkdirError(f"{path} is an empty file, not a model")
     if os.path.isfile(path) and path.endswith(".tflite"):
-        from kvid_tflite.litert import TFLiteModel, read_input_layout, sidecar_path
+        from kvid_tflite.litert import (
+            TFLiteModel,
+            read_frame_stride,
+            read_input_layout,
+            sidecar_path,
+        )
 
         try:
             _, clip_shape = read_input_layout(path)
             model = TFLiteModel(path, num_threads=num_threads, clip_shape=clip_shape)
         except ValueError as error:
-            raise WorkdirError(str(error)) from error
+            message = (
+                str(error) if path in str(error) else f"{path}: not a usable .tflite ({error})"
+            )
+            raise WorkdirError(message) from error
         if len(model.clip_shape) != 4:
             raise WorkdirError(
                 f"{path} takes {list(model.input_shape)}, not clips (1, T, H, W, 3), and has no "
                 f"sidecar {sidecar_path(path)} recording its input_layout (written by kvid-convert)"
             )
+        model.frame_stride = read_frame_stride(path)
         return model, "tflite", model.clip_shape
     if is_saved_model(path):
         from kvid_tflite.saved_model import load_serving_model
@@ -237,8 +249,10 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Defines kvid-eval's flags. Called by `run()` only (kvid_tflite.convert shares names)."""
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """Defines kvid-eval's flags and returns their names. Called by `run()` only
+    (kvid_tflite.convert shares names)."""
+    before = set(flag_values)
     fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "model", None, "The .tflite file or SavedModel directory to evaluate.", **fv
@@ -262,11 +276,16 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "QAT reference; default WORKDIR/export/qat if present; 'none' to skip.",
         **fv,
     )
-    flags.DEFINE_string("split", "test", "Dataset split.", **fv)
+    flags.DEFINE_string(
+        "split", None, "Dataset split (default: test, else val when the dataset has no test).", **fv
+    )
     flags.DEFINE_integer("num_clips", 1, "Uniformly spaced clips per video.", **fv)
     flags.DEFINE_integer("num_crops", 1, "Spatial crops per clip (1 or 3).", **fv)
     flags.DEFINE_integer(
-        "frame_stride", None, "Frame stride (default: model.json's, else 1).", **fv
+        "frame_stride",
+        None,
+        "Frame stride (default: model.json's, else the .tflite sidecar's, else 1).",
+        **fv,
     )
     flags.DEFINE_integer("batch_size", 8, "Videos per pipeline batch.", **fv)
     flags.DEFINE_integer(
@@ -280,6 +299,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "PNGs (default WORKDIR/eval, else the model's directory).",
         **fv,
     )
+    return sorted(set(flag_values) - before)
 
 
 def eval_batches(
@@ -325,47 +345,52 @@ def _resolve_reference(flag: str | None, default: str | None, model_path: str) -
 
 
 def evaluate_from_flags(values: flags.FlagValues) -> int:
-    """The command, on parsed flags; returns the exit code."""
+    """The command, on parsed flags; returns the exit code.
+
+    Raises:
+      UsageError, ValueError, OSError: bad flags or input, named in the message.
+    """
     if not values.model:
         raise app.UsageError("--model is required")
-    try:
-        workdir = load_workdir(values.workdir) if values.workdir else None
-        model, kind, clip_shape = load_classifier(values.model, values.num_threads)
-        if workdir is not None:
-            data_dir = values.data_dir or workdir.require_data_dir()
-            class_names, pairs = list(workdir.labels), [list(p) for p in workdir.order_pairs]
-            frame_stride = values.frame_stride or workdir.frame_stride
-        elif values.data_dir:
-            from kvid.data.dataset import read_dataset_info
+    if not values.workdir and not values.data_dir:
+        raise app.UsageError("pass --workdir or --data_dir")
+    workdir = load_workdir(values.workdir) if values.workdir else None
+    model, kind, clip_shape = load_classifier(values.model, values.num_threads)
+    if workdir is not None:
+        data_dir = values.data_dir or workdir.require_data_dir()
+        class_names, pairs = list(workdir.labels), [list(p) for p in workdir.order_pairs]
+        frame_stride = values.frame_stride or workdir.frame_stride
+    else:
+        from kvid.data.dataset import read_dataset_info
 
-            info = read_dataset_info(values.data_dir)
-            data_dir, class_names = values.data_dir, list(info["classes"])
-            pairs = [list(p) for p in resolve_order_pairs(info.get("order_pairs", []), class_names)]
-            frame_stride = values.frame_stride or 1
-        else:
-            raise app.UsageError("pass --workdir or --data_dir")
-        float_default = workdir.float_saved_model if workdir and kind == "tflite" else None
-        qat_default = workdir.qat_saved_model if workdir and workdir.has_qat else None
-        references = {
-            "float": _resolve_reference(values.reference, float_default, values.model),
-            "qat": _resolve_reference(values.qat_reference, qat_default, values.model),
-        }
-        models: dict[str, Classifier] = {"model": model}
-        for name, path in references.items():
-            if path:
-                models[name], _, reference_shape = load_classifier(path, values.num_threads)
-                if tuple(reference_shape) != tuple(clip_shape):
-                    raise WorkdirError(
-                        f"reference {path} takes clips {reference_shape}, model {clip_shape}"
-                    )
-    except WorkdirError as error:
-        print(f"kvid-eval: {error}", file=sys.stderr)
-        return 2
+        info = read_dataset_info(values.data_dir)
+        data_dir, class_names = values.data_dir, list(info["classes"])
+        pairs = [list(p) for p in resolve_order_pairs(info.get("order_pairs", []), class_names)]
+        frame_stride = values.frame_stride or getattr(model, "frame_stride", None) or 1
+    split = values.split or held_out_split(data_dir)
+    if split is None:
+        raise app.UsageError(
+            f"--data_dir={data_dir} has neither a test nor a val split; pass --split"
+        )
+    float_default = workdir.float_saved_model if workdir and kind == "tflite" else None
+    qat_default = workdir.qat_saved_model if workdir and workdir.has_qat else None
+    references = {
+        "float": _resolve_reference(values.reference, float_default, values.model),
+        "qat": _resolve_reference(values.qat_reference, qat_default, values.model),
+    }
+    models: dict[str, Classifier] = {"model": model}
+    for name, path in references.items():
+        if path:
+            models[name], _, reference_shape = load_classifier(path, values.num_threads)
+            if tuple(reference_shape) != tuple(clip_shape):
+                raise WorkdirError(
+                    f"reference {path} takes clips {reference_shape}, model {clip_shape}"
+                )
 
     batches = eval_batches(
         data_dir,
         clip_shape,
-        values.split,
+        split,
         values.num_clips,
         values.num_crops,
         frame_stride,
@@ -382,7 +407,7 @@ def evaluate_from_flags(values: flags.FlagValues) -> int:
         "name": name,
         "kind": kind,
         "input_layout": getattr(model, "input_layout", "clip"),
-        "split": values.split,
+        "split": split,
         "data_dir": data_dir,
         "num_clips_per_video": values.num_clips,
         "num_crops": values.num_crops,
@@ -400,7 +425,7 @@ def evaluate_from_flags(values: flags.FlagValues) -> int:
             np.array(result[order]["confusion_matrix"]),
             class_names,
             os.path.join(output_dir, f"confusion_{name}{suffix}.png"),
-            f"{name} ({values.split}, {order}): top-1 {100 * result[order]['top1']:.1f}%",
+            f"{name} ({split}, {order}): top-1 {100 * result[order]['top1']:.1f}%",
         )
     print(summary(report))
     print(f"wrote {json_path}")
@@ -435,16 +460,11 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    return evaluate_from_flags(flags.FLAGS)
-
-
 def run() -> None:
     """Console-script entry point (`kvid-eval`)."""
-    define_flags()
-    app.run(main)
+    kvid.cli.run_tool(
+        "kvid-eval", __doc__, define_flags, lambda argv: evaluate_from_flags(flags.FLAGS)
+    )
 
 
 if __name__ == "__main__":

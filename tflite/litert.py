@@ -61,6 +61,32 @@ def sidecar_path(tflite_path: str | os.PathLike) -> str:
     return os.path.splitext(os.fspath(tflite_path))[0] + ".json"
 
 
+def read_sidecar(tflite_path: str | os.PathLike) -> dict[str, Any] | None:
+    """A `.tflite`'s sidecar JSON (written by kvid-convert), or None when there is none.
+
+    Raises:
+      ValueError: the sidecar is not a JSON object.
+    """
+    path = sidecar_path(tflite_path)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            side = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"sidecar {path} is not valid JSON: {error}") from error
+    if not isinstance(side, dict):
+        raise ValueError(f"sidecar {path} is not a JSON object")
+    return side
+
+
+def read_frame_stride(tflite_path: str | os.PathLike) -> int | None:
+    """The frame stride the model was trained at, from its sidecar (None when not recorded)."""
+    side = read_sidecar(tflite_path) or {}
+    stride = (side.get("input") or {}).get("frame_stride")
+    return None if stride is None else int(stride)
+
+
 def read_input_layout(tflite_path: str | os.PathLike) -> tuple[str, tuple[int, ...] | None]:
     """The input layout and clip shape `(T, H, W, 3)` recorded in a `.tflite`'s sidecar.
 
@@ -71,13 +97,9 @@ def read_input_layout(tflite_path: str | os.PathLike) -> tuple[str, tuple[int, .
       ValueError: the sidecar is not valid JSON, or records an unknown layout or no clip shape.
     """
     path = sidecar_path(tflite_path)
-    if not os.path.isfile(path):
+    side = read_sidecar(tflite_path)
+    if side is None:
         return "clip", None
-    with open(path, encoding="utf-8") as f:
-        try:
-            side = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"sidecar {path} is not valid JSON: {error}") from error
     model_input = side.get("input") or {}
     layout = model_input.get("input_layout")
     if layout is None:

@@ -21,7 +21,6 @@ import math
 import multiprocessing
 import multiprocessing.pool
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -90,15 +89,20 @@ def read_manifest(
     in the CSV is used; with it, an unknown label is an error naming the file and line.
     """
     base = os.path.dirname(os.path.abspath(csv_path))
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(
-                f"{csv_path}: the header must name the columns path,label (optionally id); "
-                f"missing {sorted(missing)}, found {reader.fieldnames}."
-            )
-        records = [(reader.line_num, record) for record in reader]
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"path", "label"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(
+                    f"{csv_path}: the header must name the columns path,label (optionally id); "
+                    f"missing {sorted(missing)}, found {reader.fieldnames}."
+                )
+            records = [(reader.line_num, record) for record in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{csv_path}: not a UTF-8 CSV manifest ({error}).") from None
+    except IsADirectoryError:
+        raise ValueError(f"{csv_path}: a directory, not a CSV manifest.") from None
     if classes is None:
         classes = sorted({record["label"] for _, record in records})
     classes = list(classes)
@@ -108,6 +112,8 @@ def read_manifest(
         path, label = (record["path"] or "").strip(), (record["label"] or "").strip()
         if not path:
             raise ValueError(f"{csv_path}, line {line}: empty path.")
+        if not label:
+            raise ValueError(f"{csv_path}, line {line}: empty label (every video needs a class).")
         if label not in index:
             raise ValueError(
                 f"{csv_path}, line {line}: unknown label {label!r}; known classes: {classes}."
@@ -261,76 +267,85 @@ def _parse_pairs(text: str) -> list[list[str]]:
     return [item.split(":") for item in text.split(",") if item]
 
 
+def define_flags(flag_values) -> list[str]:
+    """Defines kvid-prepare's flags on `flag_values` (never at import: the trainer imports this
+    module and must not inherit these flags) and returns their names."""
+    from absl import flags
+
+    before = set(flag_values)
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("csv", None, "Manifest CSV with a path,label[,id] header.", **fv)
+    flags.DEFINE_string("out_dir", None, "Output folder of shards and dataset.json.", **fv)
+    flags.DEFINE_string("split", None, "Split name, e.g. train, val, test.", **fv)
+    flags.DEFINE_list(
+        "classes", None, "Ordered class names; default: dataset.json, else CSV labels.", **fv
+    )
+    flags.DEFINE_integer("num_shards", None, "Number of shards; default one per ~200 clips.", **fv)
+    flags.DEFINE_list("frame_size", None, "Resize frames: 'height,width', or 'short_side'.", **fv)
+    flags.DEFINE_integer(
+        "max_frames", None, "Keep only the first max_frames frames of a video.", **fv
+    )
+    flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of stored frames.", **fv)
+    flags.DEFINE_string("order_pairs", "", "Time-reversed class pairs: 'a:b,c:d'.", **fv)
+    flags.DEFINE_string("flip_pairs", "", "Class pairs a horizontal flip swaps: 'a:b,c:d'.", **fv)
+    flags.DEFINE_list("flip_breaks", [], "Classes that must never be flipped.", **fv)
+    flags.DEFINE_integer("num_workers", None, "Decode processes; default: number of CPUs.", **fv)
+    for name in ("csv", "out_dir", "split"):
+        flags.mark_flag_as_required(name, flag_values=flag_values)
+    return sorted(set(flag_values) - before)
+
+
+def prepare_from_flags(f) -> str:
+    """The command, on parsed flags; returns its summary line."""
+    previous = None
+    if os.path.exists(os.path.join(f.out_dir, DATASET_INFO)):
+        previous = read_dataset_info(f.out_dir)
+    classes = f.classes or (previous["classes"] if previous else None)
+    if previous and list(classes) != previous["classes"]:
+        raise ValueError(
+            f"--classes {classes} differ from the classes of {f.out_dir}/{DATASET_INFO}: "
+            f"{previous['classes']}. Use another --out_dir or the same classes."
+        )
+    frame_size = None
+    if f.frame_size:
+        try:
+            values = [int(v) for v in f.frame_size]
+        except ValueError:
+            raise ValueError(f"--frame_size={','.join(f.frame_size)}: expected integers") from None
+        frame_size = values[0] if len(values) == 1 else (values[0], values[1])
+    summary = prepare_split(
+        f.csv,
+        f.out_dir,
+        f.split,
+        classes,
+        num_shards=f.num_shards,
+        frame_size=frame_size,
+        max_frames=f.max_frames,
+        jpeg_quality=f.jpeg_quality,
+        num_workers=f.num_workers,
+    )
+    keep = previous or {}
+    write_dataset_info(
+        f.out_dir,
+        summary["classes"],
+        _parse_pairs(f.order_pairs) or keep.get("order_pairs", []),
+        _parse_pairs(f.flip_pairs) or keep.get("flip_pairs", []),
+        flip_breaks=f.flip_breaks or keep.get("flip_breaks", []),
+        **merge_summaries([summary], previous),
+    )
+    return (
+        f"{f.split}: {summary['num_clips']} clips in {len(summary['shards'])} shards, "
+        f"{len(summary['errors'])} unreadable videos skipped -> {f.out_dir}"
+    )
+
+
 def run() -> None:
     """`kvid-prepare` entry point: one split of a CSV manifest into `out_dir`."""
-    from absl import app, flags
+    from absl import flags
 
-    # Flags are defined here, not at import: the trainer imports this module and must not inherit
-    # (or collide with) these flags.
-    flags.DEFINE_string("csv", None, "Manifest CSV with a path,label[,id] header.", required=True)
-    flags.DEFINE_string("out_dir", None, "Output folder of shards and dataset.json.", required=True)
-    flags.DEFINE_string("split", None, "Split name, e.g. train, val, test.", required=True)
-    flags.DEFINE_list(
-        "classes", None, "Ordered class names; default: dataset.json, else CSV labels."
-    )
-    flags.DEFINE_integer("num_shards", None, "Number of shards; default one per ~200 clips.")
-    flags.DEFINE_list("frame_size", None, "Resize frames: 'height,width', or 'short_side'.")
-    flags.DEFINE_integer("max_frames", None, "Keep only the first max_frames frames of a video.")
-    flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of stored frames.")
-    flags.DEFINE_string("order_pairs", "", "Time-reversed class pairs: 'a:b,c:d'.")
-    flags.DEFINE_string("flip_pairs", "", "Class pairs a horizontal flip swaps: 'a:b,c:d'.")
-    flags.DEFINE_list("flip_breaks", [], "Classes that must never be flipped.")
-    flags.DEFINE_integer("num_workers", None, "Decode processes; default: number of CPUs.")
-    # absl's --help lists the main module's flags: register ours there (the console script).
-    for flag in flags.FLAGS.get_flags_for_module(__name__):
-        flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
-
-    def prepare(f: flags.FlagValues) -> str:
-        previous = None
-        if os.path.exists(os.path.join(f.out_dir, DATASET_INFO)):
-            previous = read_dataset_info(f.out_dir)
-        classes = f.classes or (previous["classes"] if previous else None)
-        if previous and list(classes) != previous["classes"]:
-            raise ValueError(
-                f"--classes {classes} differ from the classes of {f.out_dir}/{DATASET_INFO}: "
-                f"{previous['classes']}. Use another --out_dir or the same classes."
-            )
-        frame_size = None
-        if f.frame_size:
-            values = [int(v) for v in f.frame_size]
-            frame_size = values[0] if len(values) == 1 else (values[0], values[1])
-        summary = prepare_split(
-            f.csv,
-            f.out_dir,
-            f.split,
-            classes,
-            num_shards=f.num_shards,
-            frame_size=frame_size,
-            max_frames=f.max_frames,
-            jpeg_quality=f.jpeg_quality,
-            num_workers=f.num_workers,
-        )
-        keep = previous or {}
-        write_dataset_info(
-            f.out_dir,
-            summary["classes"],
-            _parse_pairs(f.order_pairs) or keep.get("order_pairs", []),
-            _parse_pairs(f.flip_pairs) or keep.get("flip_pairs", []),
-            flip_breaks=f.flip_breaks or keep.get("flip_breaks", []),
-            **merge_summaries([summary], previous),
-        )
-        return (
-            f"{f.split}: {summary['num_clips']} clips in {len(summary['shards'])} shards, "
-            f"{len(summary['errors'])} unreadable videos skipped -> {f.out_dir}"
-        )
+    import kvid.cli
 
     def main(argv: list[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-        try:
-            print(prepare(flags.FLAGS))
-        except (ValueError, FileNotFoundError) as error:
-            # Bad manifests and labels are user errors: one line, no traceback.
-            raise app.UsageError(str(error)) from error
+        print(prepare_from_flags(flags.FLAGS))
 
-    app.run(main)
+    kvid.cli.run_tool("kvid-prepare", __doc__, define_flags, main)

@@ -13,23 +13,26 @@ training/workdir.py for the layout that kvid-convert and kvid-eval read.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tensorflow as tf
-import tf_keras as keras
 from absl import app, flags, logging
 
 import kvid
+import kvid.cli
 
 # Sibling modules come from the installed package (never relative imports: this file also runs as
-# a script, where it has no parent package).
+# a script, where it has no parent package). TensorFlow and the modules that load it are imported
+# where they are needed, after the flags are checked: a bad flag fails at once, and the native
+# logs are silenced before TensorFlow loads (kvid.cli).
 from kvid.data import dataset
-from kvid_training import config, loop, synthetic, workdir
+from kvid_training import config
+
+if TYPE_CHECKING:
+    import tf_keras as keras
 
 FLAGS = flags.FLAGS
 
@@ -355,6 +358,8 @@ def _ensure_data_dir(data_dir: str, dataset_seed: int, dataset_scale: float) -> 
     For the default folder `synthetic.ensure_default_dataset` runs every time: it returns at once
     when the dataset there matches --dataset_seed / --dataset_scale, and regenerates it otherwise.
     """
+    from kvid_training import synthetic
+
     if os.path.normpath(data_dir) != os.path.normpath(DEFAULT_DATA_DIR):
         if not os.path.exists(os.path.join(data_dir, dataset.DATASET_INFO)):
             raise app.UsageError(
@@ -410,72 +415,69 @@ def _blamed_fields(flag_values: flags.FlagValues) -> dict[str, list[str]]:
     return blame
 
 
-def _fail(message: str) -> None:
-    """Stops with one line on stderr (absl's usage dump would bury the reason)."""
-    sys.stderr.flush()
-    sys.stderr.write(f"train.py: error: {' '.join(str(message).split())}\n")
-    sys.exit(2)
-
-
-def parse_flags(argv: Sequence[str]) -> list[str]:
-    """absl `flags_parser`: resolves bare flagfile names, parses, reports errors on one line."""
-    try:
-        return FLAGS(resolve_flagfile_args(argv))
-    except flags.Error as error:
-        _fail(str(error))
-
-
 def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
-    """Flags -> config -> data -> training, with one-line errors for bad flags.
+    """Flags -> config -> data -> training; a bad flag or dataset raises a UsageError naming it.
 
     Args:
       argv: positional arguments left by absl (only the program name is expected).
       flag_names: the training flags (`define_flags`), written to flags.txt.
     """
-    if len(argv) > 1:
-        _fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from kvid_training import loop, workdir
+
     started = time.time()
+    lines = flag_lines(FLAGS, flag_names)
+    flags_path = workdir.path(FLAGS.workdir, "flags.txt")
     try:
-        lines = flag_lines(FLAGS, flag_names)
-        flags_path = workdir.path(FLAGS.workdir, "flags.txt")
-        try:
-            workdir.check_same_run(flags_path, lines)
-        except ValueError as error:
-            raise app.UsageError(str(error)) from error
-        preset_fields = _preset_fields(FLAGS.preset)
-        _ensure_data_dir(FLAGS.data_dir, FLAGS.dataset_seed, FLAGS.dataset_scale)
-        info = dataset.read_dataset_info(FLAGS.data_dir)
-        try:
-            cfg = config_from_flags(FLAGS, preset_fields=preset_fields, dataset_info=info)
-        except ValueError as error:
-            raise app.UsageError(str(error)) from error
-        # Seeded before the model is built, so its initial weights follow --seed.
-        keras.utils.set_random_seed(cfg.seed)
-        if cfg.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        # Built before anything is written: a rejected size must not leave a workdir behind
-        # whose flags.txt would block the corrected command.
-        float_model = build_model(cfg, _blamed_fields(FLAGS))
-        os.makedirs(cfg.workdir, exist_ok=True)
-        with open(flags_path, "w", encoding="utf-8") as file:
-            file.write(
-                workdir.format_flagfile(
-                    lines,
-                    "Resolved flags of this run, written by training/train.py.\n"
-                    f"Replay: python training/train.py --flagfile={flags_path}",
-                )
+        workdir.check_same_run(flags_path, lines)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    preset_fields = _preset_fields(FLAGS.preset)
+    _ensure_data_dir(FLAGS.data_dir, FLAGS.dataset_seed, FLAGS.dataset_scale)
+    info = dataset.read_dataset_info(FLAGS.data_dir)
+    try:
+        cfg = config_from_flags(FLAGS, preset_fields=preset_fields, dataset_info=info)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    # Seeded before the model is built, so its initial weights follow --seed.
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    # Built before anything is written: a rejected size must not leave a workdir behind
+    # whose flags.txt would block the corrected command.
+    float_model = build_model(cfg, _blamed_fields(FLAGS))
+    os.makedirs(cfg.workdir, exist_ok=True)
+    with open(flags_path, "w", encoding="utf-8") as file:
+        file.write(
+            workdir.format_flagfile(
+                lines,
+                "Resolved flags of this run, written by training/train.py.\n"
+                f"Replay: python training/train.py --flagfile={flags_path}",
             )
-        workdir.write_run_files(cfg, preset_fields, info)
-        loop.train(cfg, float_model)
-    except app.UsageError as error:
-        _fail(str(error))
+        )
+    workdir.write_run_files(cfg, preset_fields, info)
+    loop.train(cfg, float_model)
     logging.info("Done in %.1f min; outputs in %s", (time.time() - started) / 60, FLAGS.workdir)
 
 
-def run() -> None:
+def run(argv: Sequence[str] | None = None) -> None:
     """Console script `kvid-train` (and `python training/train.py`)."""
-    flag_names = define_flags(FLAGS)
-    app.run(functools.partial(main, flag_names=flag_names), flags_parser=parse_flags)
+    argv = list(sys.argv if argv is None else argv)
+    names: list[str] = []
+
+    def define(flag_values: flags.FlagValues) -> list[str]:
+        names.extend(define_flags(flag_values))
+        return names
+
+    kvid.cli.run_tool(
+        os.path.basename(argv[0]) or "train.py",
+        __doc__,
+        define,
+        lambda args: main(args, names),
+        argv=resolve_flagfile_args(argv),
+    )
 
 
 if __name__ == "__main__":

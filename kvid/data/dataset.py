@@ -162,3 +162,12 @@ def write_shards(examples: Iterator[bytes], out_dir: str, split: str, num_shards
         for writer in writers:
             writer.close()
     return paths
+
+
+def held_out_split(data_dir: str) -> str | None:
+    """The split to measure a model on: "test", else "val"; None when there is neither."""
+    splits = read_dataset_info(data_dir).get("splits", {})
+    for split in ("test", "val"):
+        if splits.get(split):
+            return split
+    return None

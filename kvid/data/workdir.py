@@ -166,6 +166,8 @@ def load_workdir(path: str) -> Workdir:
       WorkdirError: the directory or model.json is missing, unreadable, or lacks a required key.
     """
     path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isfile(path):
+        raise WorkdirError(f"workdir {path} is a file; pass the folder training/train.py wrote")
     if not os.path.isdir(path):
         raise WorkdirError(f"workdir {path} does not exist")
     json_path = os.path.join(path, MODEL_JSON)

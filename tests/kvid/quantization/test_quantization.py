@@ -10,35 +10,8 @@ from tests.helpers import (
     convert_int8,
     cosine,
     int8_vs_keras_cosines,
-    qat_train_step,
     smooth_clips,
 )
-
-
-def _small(name):
-    overrides = dict(image_size=64)
-    if name.startswith("vmf_"):
-        overrides["num_frames"] = 4
-    return overrides
-
-
-DEFAULT_TIER_QAT = ("vmf_tiny",)  # the rest take 1-7 min each on 2 cores: slow tier
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        name if name in DEFAULT_TIER_QAT else pytest.param(name, marks=pytest.mark.slow)
-        for name in kvid.models.list_presets("mobile_former")
-    ],
-)
-def test_qat_entry_point_on_every_preset(name):
-    model = kvid.models.create(name, num_classes=4, **_small(name))
-    qat = kvid.quantization.quantize_model(model)
-    assert qat.input_shape == model.input_shape and qat.output_shape == model.output_shape
-    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-    qat_train_step(qat, x, np.array([0, 1]), learning_rate=1e-3)  # `fit`: the training tests
-    assert np.all(np.isfinite(qat(x, training=False).numpy()))
 
 
 def test_quantize_model_copies_weights_and_adds_internal_fake_quant():

@@ -26,21 +26,6 @@ REFERENCE_PRESETS = {  # backbone params / matrix-op MACs per 32x224x224 view (D
 }
 MOBILE_PRESETS = ("dualformer_mobile_s", "dualformer_mobile_m")
 # Reduced inputs: each preset plus the windows/pyramids that tile its maps (32x64x64 and 8x64x64).
-SMALL_INPUTS = {
-    "dualformer_tiny": dict(
-        num_frames=16, image_size=64, window_sizes=((8, 4, 4),) * 3 + ((8, 2, 2),),
-        fine_pyramid_sizes=((8, 4, 4), (8, 4, 4), (8, 2, 2), (16, 2, 2)),
-        coarse_pyramid_sizes=((4, 2, 2), (4, 2, 2), None, None), coarse_first_kernel=(1, 4, 4),
-    ),
-    "dualformer_mobile_s": dict(image_size=64, window_sizes=((2, 4, 4),) * 3 + ((2, 2, 2),),
-                                fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 2, 2), (4, 2, 2)),
-                                coarse_pyramid_sizes=((1, 2, 2), None, None, None)),
-    "dualformer_mobile_m": dict(image_size=64, num_frames=8, window_sizes=((2, 4, 4),) * 3 + ((2, 2, 2),),
-                                fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 2, 2), (4, 2, 2)),
-                                coarse_pyramid_sizes=((1, 2, 2), None, None, None)),
-    "dualformer_cpu": {},
-}  # fmt: skip
-SMALL_INPUTS["dualformer_small"] = SMALL_INPUTS["dualformer_base"] = SMALL_INPUTS["dualformer_tiny"]
 GOLDEN_TAPS = ("patch_embed0", "stage0_block0_after_peg", "stage0_out", "stage2_out",
                "backbone_out")  # fmt: skip
 
@@ -155,35 +140,13 @@ def test_mobile_presets_are_in_the_mobile_regime(name):
     assert 0.5e9 <= macs <= 2e9, macs
 
 
-@pytest.mark.parametrize("name", kvid.models.list_presets("dualformer"))
-def test_every_preset_builds_and_runs_at_a_small_input(name):
-    model = kvid.models.create(name, num_classes=5, **SMALL_INPUTS[name])
-    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-    logits = model(x, training=False).numpy()
-    assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", kvid.models.list_presets("dualformer"))
-def test_every_preset_runs_at_its_own_input(name):
-    model = kvid.models.create(name, num_classes=None)
-    x = np.random.default_rng(0).random((1, *model.input_shape[1:]), dtype=np.float32)
-    features = model(x, training=False).numpy()
-    assert features.shape == (1, kvid.models.get_preset(name)["embed_dims"][-1])
-    assert np.all(np.isfinite(features))
-
-
-def test_cpu_preset_is_one_flat_graph_without_conv3d_and_roundtrips_through_json():
+def test_cpu_preset_keeps_transposes_and_batch_matmuls_within_the_converter_ranks():
     model = kvid.models.create("dualformer_cpu", num_classes=14)
     assert model.input_shape == (None, 8, 64, 64, 3) and model.output_shape == (None, 14)
     ops = flat_graph_ops(model)
     assert not [op.type for op in ops if op.type.startswith("Conv3D")]
     assert max(op.inputs[0].shape.rank for op in ops if op.type == "Transpose") <= 6
     assert max(op.inputs[0].shape.rank for op in ops if op.type.startswith("BatchMatMul")) <= 4
-    clone = keras.Model.from_config(model.get_config())
-    clone.set_weights(model.get_weights())
-    x = np.random.default_rng(1).random((1, 8, 64, 64, 3), dtype=np.float32)
-    np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_window_position_bias_adds_one_table_per_local_window_layer():
@@ -265,21 +228,6 @@ def test_config_errors_name_the_stage_and_field():
         kvid.models.create("dualformer_cpu", num_classes=3, mlp_shift_div="4,mlp_dwconv=3")
     with pytest.raises(ValueError, match="dualformer_cpu: mlp_dwconv must be 0 .* odd"):
         kvid.models.create("dualformer_cpu", num_classes=3, mlp_dwconv=2)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", [n for n in kvid.models.list_presets("dualformer") if n != "dualformer_cpu"]
-)
-def test_qat_entry_point_on_every_preset(name):
-    model = kvid.models.create(name, num_classes=4, **SMALL_INPUTS[name])
-    qat = kvid.quantization.quantize_model(model)
-    assert qat.input_shape == model.input_shape and qat.output_shape == model.output_shape
-    wrapped = qat.get_layer("quant_stage0_layer1_attn").layer
-    assert wrapped.quantized and "scores" in wrapped._ranges and "fine" in wrapped._ranges
-    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-    qat_train_step(qat, x, np.array([0, 1]))
-    assert np.all(np.isfinite(qat(x, training=False).numpy()))
 
 
 # Every option outside the reference at once: their layers must quantize and convert too.

@@ -15,7 +15,7 @@ from tests.helpers import (
     flat_graph_ops,
     golden_tolerance,
     load_golden,
-    qat_train_step,
+    posmlp_small_overrides,
     smooth_clips,
 )
 
@@ -37,21 +37,6 @@ def _reference(meta, **cfg_changes):
         section, _, field = key.rpartition(".")
         (cfg[section] if section else cfg)[field] = value
     return {"family": "posmlp", "constructor": {"cfg": cfg}}
-
-
-def _divisor(side: int, at_most: int) -> int:
-    return max(d for d in range(1, min(side, at_most) + 1) if side % d == 0)
-
-
-def small_overrides(name: str, frames: int = 4, size: int = 64) -> dict:
-    """A reduced input for a preset, with windows that tile it (whole-frame windows stay so)."""
-    windows = kvid.models.get_preset(name)["window_sizes"]
-    sides = [size // 4 // 2**i for i in range(4)]
-    return dict(
-        num_frames=frames,
-        image_size=size,
-        window_sizes=tuple(None if w is None else _divisor(s, w) for w, s in zip(windows, sides)),
-    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,30 +196,6 @@ def test_s16_matches_reference_params_and_macs():
     assert 1.2 * report.macs < deploy < 1.6 * report.macs, deploy  # (2w-1)^2 taps vs w^2 tokens
 
 
-@pytest.mark.parametrize("name", PRESETS)
-def test_every_preset_builds_and_runs_at_a_small_input(name):
-    model = kvid.models.create(name, num_classes=5, **small_overrides(name))
-    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-    logits = model(x, training=False).numpy()
-    assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", PRESETS)
-def test_every_preset_builds_and_runs_at_its_reference_input(name):
-    model = kvid.models.create(name, num_classes=5)
-    x = np.random.default_rng(0).random((1, *model.input_shape[1:]), dtype=np.float32)
-    assert np.all(np.isfinite(model(x, training=False).numpy()))
-
-
-def test_backbone_returns_pooled_features():
-    backbone = kvid.models.create("posmlp_video_tiny", num_classes=None, num_frames=4)
-    assert backbone.output_shape == (
-        None,
-        kvid.models.get_preset("posmlp_video_tiny")["embed_dims"][-1],
-    )
-
-
 @pytest.mark.parametrize("block_type", BLOCK_TYPES)
 def test_block_types_give_equal_training_and_deploy_forms(block_type):
     model = kvid.models.create(
@@ -260,7 +221,7 @@ def test_block_types_give_equal_training_and_deploy_forms(block_type):
 def test_edgetpu_presets_obey_the_op_and_rank_rules(name):
     """At batch 1 every tensor after the input reshape has at most 3 dimensions above 1, and no
     op the Edge TPU lacks (transpose, batch matmul, softmax, GELU, LayerNorm's rsqrt) appears."""
-    model = kvid.models.create(name, num_classes=5, **small_overrides(name, frames=4))
+    model = kvid.models.create(name, num_classes=5, **posmlp_small_overrides(name, frames=4))
     ops = flat_graph_ops(model)
     types = {op.type for op in ops}
     assert not types & EDGETPU_FORBIDDEN_TF_OPS, types & EDGETPU_FORBIDDEN_TF_OPS
@@ -292,17 +253,6 @@ def test_create_errors_name_the_problem():
         kvid.models.create("posmlp_video_tiny", num_classes=3, widths=2)
 
 
-def test_classifier_is_one_flat_graph_and_roundtrips():
-    model = kvid.models.create("posmlp_video_tiny", num_classes=6, num_frames=4)
-    assert model.input_shape == (None, 4, 64, 64, 3) and model.output_shape == (None, 6)
-    assert not [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    assert not [layer for layer in model.layers if "Lambda" in type(layer).__name__]
-    clone = keras.Model.from_config(model.get_config())
-    clone.set_weights(model.get_weights())
-    x = np.random.default_rng(1).random((1, 4, 64, 64, 3), dtype=np.float32)
-    np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
-
-
 # ------------------------------------------------------------------------------------------------
 # QAT and int8
 # ------------------------------------------------------------------------------------------------
@@ -310,23 +260,12 @@ def _tier(names, default):
     return [n if n in default else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
-@pytest.mark.slow  # 1-4 min per preset on 2 shared cores; the int8 test below quantizes too
-@pytest.mark.parametrize("name", PRESETS)
-def test_qat_entry_point_on_every_preset(name):
-    model = kvid.models.create(name, num_classes=4, **small_overrides(name, frames=4, size=32))
-    qat = kvid.quantization.quantize_model(model)
-    assert qat.input_shape == model.input_shape and qat.output_shape == model.output_shape
-    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-    qat_train_step(qat, x, np.array([0, 1]), learning_rate=1e-3)
-    assert np.all(np.isfinite(qat(x, training=False).numpy()))
-
-
 @pytest.mark.parametrize("name", _tier(PRESETS, ("posmlp_video_tiny_edgetpu",)))
 def test_int8_tflite_has_zero_float_ops(name):
     from kvid_tflite.audit import audit_model, int8_problems
     from kvid_tflite.convert import convert_keras_model
 
-    overrides = small_overrides(name, frames=4, size=32)
+    overrides = posmlp_small_overrides(name, frames=4, size=32)
     model = kvid.models.create(name, num_classes=4, **overrides)
     clips = smooth_clips(model.input_shape[1:], 2)
     qat = kvid.quantization.calibrate(kvid.quantization.quantize_model(model), clips)

@@ -297,26 +297,6 @@ def _small(name):
     return dict(num_frames=4, image_size=2 * cfg["patch_size"])
 
 
-@pytest.mark.parametrize("name", kvid.models.list_presets("xvit"))
-def test_every_preset_builds_and_runs_at_a_small_input(name):
-    model = kvid.models.create(name, num_classes=5, **_small(name))
-    x = np.random.default_rng(0).random((2, *model.input_shape[1:]), dtype=np.float32)
-    logits = model(x, training=False).numpy()
-    assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
-    if name != "xvit_base_16x224":  # built (as a backbone) by the params/MACs test
-        backbone = kvid.models.create(name, num_classes=None, **_small(name))
-        assert backbone.output_shape == (None, kvid.models.get_preset(name)["embed_dim"])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", kvid.models.list_presets("xvit"))
-def test_every_preset_runs_at_its_reference_input(name):
-    model = kvid.models.create(name, num_classes=5)
-    x = np.random.default_rng(0).random((1, *model.input_shape[1:]), dtype=np.float32)
-    logits = model(x, training=False).numpy()
-    assert logits.shape == (1, 5) and np.all(np.isfinite(logits))
-
-
 def test_xvit_tiny_is_one_flat_graph_without_gather_roll_or_conv3d():
     model = kvid.models.create("xvit_tiny", num_classes=10)
     assert model.input_shape == (None, 8, 64, 64, 3) and model.output_shape == (None, 10)
@@ -332,14 +312,6 @@ def test_head_variants_and_summary_tokens_build():
     plain = kvid.models.create("xvit_tiny", num_classes=3, num_frames=4)
     assert kvid.profile.count_params(summary) == kvid.profile.count_params(plain)
     assert kvid.profile.count_macs(summary) > kvid.profile.count_macs(plain)
-
-
-def test_model_json_roundtrip_reproduces_outputs():
-    model = kvid.models.create("xvit_tiny", num_classes=4, num_frames=4, summary_tokens=True)
-    clone = keras.Model.from_config(model.get_config())
-    clone.set_weights(model.get_weights())
-    x = np.random.default_rng(1).random((1, 4, 64, 64, 3), dtype=np.float32)
-    np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_create_errors_name_the_problem():
@@ -378,15 +350,8 @@ def _int8_softmax_errors(model, clips):
     return [layer for layer in layers if layer["op"] == "SOFTMAX"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        name if name == "xvit_tiny" else pytest.param(name, marks=pytest.mark.slow)
-        for name in kvid.models.list_presets("xvit")
-    ],
-)
-def test_qat_entry_point_on_every_preset(name):
-    model = kvid.models.create(name, num_classes=4, **_small(name))
+def test_qat_attention_requantizes_inside_the_layer_and_trains():
+    model = kvid.models.create("xvit_tiny", num_classes=4, **_small("xvit_tiny"))
     qat = kvid.quantization.quantize_model(model)
     attention = qat.get_layer("quant_block0_attn").layer
     assert attention.quantized and attention._ranges  # in-layer requantization points
