@@ -165,9 +165,18 @@ def write_shards(examples: Iterator[bytes], out_dir: str, split: str, num_shards
 
 
 def held_out_split(data_dir: str) -> str | None:
-    """The split to measure a model on: "test", else "val"; None when there is neither."""
-    splits = read_dataset_info(data_dir).get("splits", {})
+    """The split to measure a model on: "test", else "val"; None when there is neither.
+
+    A split counts when `dataset.json` lists clips for it or, without `dataset.json`, when its
+    shards are on disk.
+    """
+    import glob
+
+    info_path = os.path.join(data_dir, DATASET_INFO)
+    splits = read_dataset_info(data_dir).get("splits", {}) if os.path.exists(info_path) else None
     for split in ("test", "val"):
-        if splits.get(split):
+        if splits is not None and splits.get(split):
+            return split
+        if splits is None and glob.glob(shard_pattern(data_dir, split)):
             return split
     return None

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from absl import app
 
+from kvid.data.workdir import WorkdirError
 from kvid_tflite.audit import audit_model
 from kvid_tflite.litert import TFLiteModel
 from tests.helpers import read_json, run_kvid_convert
@@ -146,8 +147,7 @@ def test_usage_errors(float_workdir, args, message):
         run_kvid_convert(f"--workdir={float_workdir}", *args)
 
 
-def test_missing_export_names_the_workdir(tmp_path, helpers, capsys):
+def test_missing_export_names_the_workdir(tmp_path, helpers):
     workdir = helpers.write_workdir(str(tmp_path))  # model.json, no export/float
-    assert run_kvid_convert(f"--workdir={workdir}", "--int8") == 2
-    error = capsys.readouterr().err
-    assert f"workdir {workdir}: no float SavedModel" in error
+    with pytest.raises(WorkdirError, match=f"workdir {workdir}: no float SavedModel"):
+        run_kvid_convert(f"--workdir={workdir}", "--int8")

@@ -145,7 +145,15 @@ def test_kvid_eval_writes_json_and_confusion_pngs(qat_workdir, helpers, monkeypa
     monkeypatch.setattr(evaluate, "eval_batches", eval_batches)
     values = flags.FlagValues()
     evaluate.define_flags(values)
-    values(["kvid-eval", f"--workdir={qat_workdir}", f"--model={tflite_path}", "--num_clips=2"])
+    values(
+        [
+            "kvid-eval",
+            f"--workdir={qat_workdir}",
+            f"--model={tflite_path}",
+            "--num_clips=2",
+            "--split=test",
+        ]
+    )
     assert evaluate.evaluate_from_flags(values) == 0
 
     output_dir = os.path.join(qat_workdir, "eval")
