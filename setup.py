@@ -12,6 +12,7 @@ setup(
     description="Efficient video recognition in TensorFlow/Keras, exported to int8 TFLite.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.11,<3.12",
     packages=PACKAGES,
     package_dir={"kvid_training": "training", "kvid_tflite": "tflite"},

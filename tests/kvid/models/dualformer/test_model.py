@@ -19,7 +19,7 @@ from tests.helpers import (
     smooth_clips,
 )
 
-REFERENCE_PRESETS = {  # backbone params / matrix-op MACs per 32x224x224 view (DESIGN.md section 6)
+REFERENCE_PRESETS = {  # backbone params / matrix-op MACs per 32x224x224 view (docs/design.md section 6)
     "dualformer_tiny": (21.77e6, 59.86e9),
     "dualformer_small": (48.91e6, 158.26e9),
     "dualformer_base": (86.84e6, 267.39e9),
@@ -37,11 +37,9 @@ def _reference(meta):
 @pytest.fixture(scope="module")
 def golden():
     """The golden configuration built once from its reference configuration and weights."""
-    from tests.conftest import GOLDEN_DIR
+    from tests.conftest import require_golden_dir
 
-    if not GOLDEN_DIR.is_dir():
-        pytest.skip(f"golden data not found at {GOLDEN_DIR}")
-    arrays, meta, state_dict = load_golden(GOLDEN_DIR, "dualformer")
+    arrays, meta, state_dict = load_golden(require_golden_dir(), "dualformer")
     model = kvid.models.from_reference(_reference(meta), state_dict)
     return arrays, meta, state_dict, model
 
