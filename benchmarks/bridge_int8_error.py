@@ -1,6 +1,6 @@
 """Int8 error of the Mobile->Former bridge, "full" vs "factorized", as the key count grows.
 
-DESIGN.md section 7 (the int8 softmax trap): TFLite's int8 SOFTMAX output has a fixed scale of
+docs/design.md section 7 (the int8 softmax trap): TFLite's int8 SOFTMAX output has a fixed scale of
 1/256, so a softmax over N keys loses every probability below about 1/512. The full (reference)
 bridge lets the tokens attend over all N = T x H x W positions of the clip; the factorized one
 pools each frame to at most `max_keys_per_frame` keys, attends within each frame, then across

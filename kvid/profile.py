@@ -1,6 +1,6 @@
 """Cost counting for kvid models: trainable parameters and MACs of the matrix ops.
 
-The convention is DESIGN.md section 6: MACs are multiply-accumulates of the matrix ops only
+The convention is docs/design.md section 6: MACs are multiply-accumulates of the matrix ops only
 (convolutions, matmuls, einsums), read from the static shapes of the traced inference graph at
 batch 1 (one clip). Batch norm, norms, activations, pooling and elementwise ops are not counted.
 
@@ -105,7 +105,7 @@ class CostReport:
 
 
 def profile(model: keras.Model, input_shape: Sequence[int] | None = None) -> CostReport:
-    """Counts the parameters and per-clip MACs of `model` (DESIGN.md section 6).
+    """Counts the parameters and per-clip MACs of `model` (docs/design.md section 6).
 
     The model is traced with `training=False` at batch 1; every matrix op of the graph, including
     those inside nested function calls, is counted from its static shapes and attributed to the

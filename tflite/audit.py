@@ -1,6 +1,6 @@
 """Op audit of a `.tflite`: every op, its version and the dtypes it reads and writes.
 
-The cpu target promises a fully int8 graph (DESIGN.md section 3). The converter does not keep
+The cpu target promises a fully int8 graph (docs/design.md section 3). The converter does not keep
 that promise by itself: an op without an int8 kernel (CONV_3D, a LayerNorm's NEG) is silently
 left in float32 between DEQUANTIZE and QUANTIZE. `check_int8` turns that into an error.
 

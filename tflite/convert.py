@@ -19,7 +19,7 @@ keeps no 5-D tensor. Any other model keeps the wrapper's reshape and computes th
 The report's `input.activations_over_3_dims` lists what 5-D activations remain.
 
 `--int8` exits 1 with one line naming the first float op when the graph is not fully int8 with
-int8 I/O (DESIGN.md section 3). The files are still written so that the audit can be read.
+int8 I/O (docs/design.md section 3). The files are still written so that the audit can be read.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ MODES = ("int8", "float16", "dynamic_range")
 # "float32" is internal: the unquantized reference `.tflite` of the per-layer report.
 _ALL_MODES = (*MODES, "float32")
 LATENCY_THREADS = (1, 2)
-MIN_COSINE = 0.99  # DESIGN.md section 7 (c): int8 logits vs the float model's
+MIN_COSINE = 0.99  # docs/design.md section 7 (c): int8 logits vs the float model's
 
 ClipSource = Callable[[], Iterable[np.ndarray]]
 _LAYOUT_TEXT = {
@@ -116,7 +116,7 @@ def make_converter(
       model: the loaded SavedModel.
       mode: one of "int8", "float16", "dynamic_range", "float32".
       representative: for "int8", a callable returning an iterable of clips (training split);
-        full-integer conversion needs one for a QAT model too (DESIGN.md section 2).
+        full-integer conversion needs one for a QAT model too (docs/design.md section 2).
       float_io: "int8" only: keep float32 I/O (QuantizationDebugger refuses integer I/O).
       input_layout: "clip" `(1, T, H, W, 3)` or "frame_stacked" `(1, T * H, W, 3)`; the
         representative clips stay `(T, H, W, 3)` either way.

@@ -31,7 +31,7 @@ The compiler maps ops up to the first unsupported one and runs everything from t
 ("More than one subgraph is not supported"), so the predicted cut is the first op that breaks a
 rule. The report gives the share of ops and of MACs before the cut (MACs of CONV_2D,
 DEPTHWISE_CONV_2D, FULLY_CONNECTED, BATCH_MATMUL, TRANSPOSE_CONV and CONV_3D from the tensor
-shapes, the DESIGN.md section 6 convention) and names the blocking op with the Keras layer it came
+shapes, the docs/design.md section 6 convention) and names the blocking op with the Keras layer it came
 from (read from its output tensor's name, which a converted Keras model scopes by layer).
 Caveats (things the rules leave open, e.g. a very large depthwise kernel) never cut the graph.
 
@@ -598,7 +598,7 @@ def _violations(
 
 
 def _macs(op: _Op) -> int:
-    """Multiply-accumulates of the matrix ops, from static shapes (DESIGN.md section 6)."""
+    """Multiply-accumulates of the matrix ops, from static shapes (docs/design.md section 6)."""
     if not op.outputs or len(op.inputs) < 2:
         return 0
     out = math.prod(op.outputs[0].shape)

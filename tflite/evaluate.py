@@ -3,7 +3,7 @@
   kvid-eval --workdir=/tmp/run --model=/tmp/run/export/model_int8.tflite
   kvid-eval --workdir=/tmp/run --model=/tmp/run/export/float --num_clips=2 --num_crops=3
 
-Eval sampling (DESIGN.md section 8): each video gives num_clips x num_crops views; the model runs
+Eval sampling (docs/design.md section 8): each video gives num_clips x num_crops views; the model runs
 on every view and the softmax scores are averaged over views. Reported: top-1, top-5, per-class
 accuracy, per-order-pair accuracy, the confusion matrix (also as a PNG), and against each
 reference (the float SavedModel by default for a `.tflite`, the QAT SavedModel when present) the
@@ -42,7 +42,7 @@ from kvid_tflite import metrics as metrics_lib
 
 Classifier = Callable[[np.ndarray], np.ndarray]
 ORDERS = ("forward", "reversed")
-# Contract thresholds of DESIGN.md section 7 (c), checked when the references are present.
+# Contract thresholds of docs/design.md section 7 (c), checked when the references are present.
 MIN_COSINE = 0.99
 MAX_TOP1_DROP = 0.01
 MIN_QAT_AGREEMENT = 0.98
@@ -181,7 +181,7 @@ def evaluate_order(
 
 
 def contract_checks(forward: dict[str, Any]) -> dict[str, bool]:
-    """DESIGN.md section 7 (c) on the forward metrics, for the references that were run."""
+    """docs/design.md section 7 (c) on the forward metrics, for the references that were run."""
     checks = {}
     if "vs_float" in forward:
         vs_float = forward["vs_float"]

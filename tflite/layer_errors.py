@@ -34,9 +34,9 @@ either is exceeded:
     the rounding floor: it means clipping (a saturated range), weights that per-tensor int8
     cannot represent, or arithmetic the int8 kernels do not reproduce.
   * relative_rmse <= 0.1 (20 dB signal-to-noise). RMSE in steps cannot see a tensor whose scale
-    is inflated by outliers or fixed too coarse (the int8 softmax's 1/256, DESIGN.md section 7):
+    is inflated by outliers or fixed too coarse (the int8 softmax's 1/256, docs/design.md section 7):
     its error stays below a step while the signal shrinks to a few steps. A well-used 8-bit range
-    sits near 0.01; the broken softmax of DESIGN.md section 7 is at 1.0.
+    sits near 0.01; the broken softmax of docs/design.md section 7 is at 1.0.
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def _fake_quant_reach(reference: TFLiteModel) -> Callable[[int], bool]:
     is modelled when it reaches a QUANTIZE through data-movement ops only (kvid layers reshape
     between a conv and its output FakeQuant). A quantized tensor that is not modelled is a point
     where int8 rounds with a calibrated range but QAT never trained against that rounding:
-    DESIGN.md section 7 asks for a fake-quant node at each such point."""
+    docs/design.md section 7 asks for a fake-quant node at each such point."""
     consumers: dict[int, list[dict[str, Any]]] = {}
     fake_quant_outputs = set()
     for op in reference.ops_details():

@@ -137,7 +137,7 @@ def read_operator_codes(model_content: bytes) -> list[dict[str, Any]]:
     """Reads (name, version) of every operator of subgraph 0, in flatbuffer order.
 
     The interpreter's op details carry no op version, but the Edge TPU compiler rejects versions
-    it does not know (DESIGN.md section 3), so the audit reads them from the flatbuffer.
+    it does not know (docs/design.md section 3), so the audit reads them from the flatbuffer.
     """
     model = schema.Model.GetRootAs(model_content, 0)
     codes = []

@@ -25,7 +25,7 @@ def average_views(view_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Returns:
       (scores, logits): the mean softmax over views (what the prediction uses: eval sampling
-      averages scores, DESIGN.md section 8) and the mean logits (what the cosine uses).
+      averages scores, docs/design.md section 8) and the mean logits (what the cosine uses).
     """
     view_logits = np.asarray(view_logits, np.float64)
     return softmax(view_logits).mean(axis=1), view_logits.mean(axis=1)

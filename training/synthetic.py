@@ -18,7 +18,7 @@ frames, or 8 frames at stride 2, show it):
 
 Clips are generated deterministically from `(seed, split, class, index)`, written as real H.264
 videos with PyAV and turned into TFRecord shards by `prepare.prepare_split`, the same code a user's
-own videos go through (DESIGN.md section 8).
+own videos go through (docs/design.md section 8).
 
 Example:
     data_dir = synthetic.ensure_default_dataset("/tmp/kvid_data")  # < 1 minute the first time

@@ -108,6 +108,6 @@ def test_debugger_errors_are_read_without_the_xnnpack_delegate(tmp_path, helpers
         assert layer["rmse_steps"] == pytest.approx(12**-0.5, abs=0.05)
     # The only layer over budget is the int8 SOFTMAX over 128 keys, by the relative limit: its
     # fixed 1/256 output scale leaves each probability (about 1/128) a couple of steps
-    # (DESIGN.md section 7), while its error in steps stays at rounding level.
+    # (docs/design.md section 7), while its error in steps stays at rounding level.
     (over,) = layer_errors.check_budget(layers)
     assert over["op"] == "SOFTMAX" and over["reasons"][0].startswith("relative rmse")

@@ -11,7 +11,7 @@ pool, dropout and a linear layer.
 
 Window and pyramid kernels follow from the input size, so a reduced input is the preset plus
 matching `window_sizes` / `fine_pyramid_sizes` / `coarse_pyramid_sizes` overrides. The int8
-presets keep every softmax at <= 64 keys (DESIGN.md section 7). `conv_stem` (not in the
+presets keep every softmax at <= 64 keys (docs/design.md section 7). `conv_stem` (not in the
 reference) puts 3x3 stride-2 convolutions before the tubelet embedding, for small training sets;
 `stem_shift_div` follows each with XViT's temporal channel shift. Other options outside the
 reference, off in `DEFAULTS` (`dualformer_cpu` sets `mlp_dwconv=3`): `window_position_bias`

@@ -189,7 +189,7 @@ class LocalWindowAttention(_Attention):
     `O = concat_heads(A V) W_o + b_o`. No shift, no mask and, as in the reference, no position
     bias unless `relative_position_bias` is set. The softmax spans `t * h * w` keys (392 at the
     reference's 8x7x7): an int8 SOFTMAX (output scale 1/256) keeps it only if the window is
-    small (DESIGN.md section 7).
+    small (docs/design.md section 7).
 
     Args:
       num_heads: attention heads.

@@ -16,7 +16,7 @@ factorised blocks whose definitions could not be read, so the other two are this
 
 Tensors between layers are frame-stacked, `(batch, frames * height, width, channels)`: at batch 1
 no tensor has more than 3 dimensions above 1, as the Edge TPU requires. The `*_edgetpu` presets
-follow DESIGN.md section 3 throughout: batch norm instead of LayerNorm, ReLU6 instead of GELU,
+follow docs/design.md section 3 throughout: batch norm instead of LayerNorm, ReLU6 instead of GELU,
 1x1 convolutions for every linear map on 4-D tensors, depthwise-form mixing with frames/windows
 sliced out (no transpose, no batch matmul), kernel-equals-stride patch convolutions (no
 overlapping kernel across frames), no softmax.

@@ -40,7 +40,7 @@ _EDGETPU = dict(
 )  # fmt: skip
 
 # posmlp_video_s16 is the only released configuration (configs/SSV1/SSV1_MLP_S16.yaml): 13.51M
-# parameters, 40.17 GMACs per 16x224x224 view in the training form (DESIGN.md section 6). The
+# parameters, 40.17 GMACs per 16x224x224 view in the training form (docs/design.md section 6). The
 # smaller presets are kvid's (the paper's S/B tables could not be read): the same 9-channel groups
 # per gamma, windows that tile each stage. Costs: README / benchmarks/results/posmlp_table.md.
 # They use batch norm (the reference's layout otherwise): kvid's LayerNorm on every position

@@ -41,7 +41,7 @@ DEFAULTS = dict(
 # xvit_base_16x224: the reference backbone (ViT-B/16, `configs/Kinetics/xvit_B16_16x16_k400.yaml`
 # shift_div 8; the SSv2 config uses 4). Mobile presets: small ViTs (DeiT-Tiny width 192, head
 # dim 64) at 96-128 px with 16-pixel patches, so each per-frame softmax spans 37-65 keys and
-# stays within what the int8 SOFTMAX resolves (DESIGN.md section 7). xvit_tiny trains on a
+# stays within what the int8 SOFTMAX resolves (docs/design.md section 7). xvit_tiny trains on a
 # laptop CPU on the embedded dataset (8 x 64 x 64, 8-pixel patches: 65 keys per softmax) from
 # scratch. Measured there: with a plain 8x8 patch embedding and class-token readout (and with a
 # conv stem alone) training stayed at chance for 3-6 epochs: its classes differ only in motion

@@ -17,7 +17,7 @@ from tests.helpers import (
     smooth_clips,
 )
 
-REFERENCE_PARAMS, REFERENCE_MACS = 85.8e6, 281.0e9  # DESIGN.md section 6 (fvcore on the code)
+REFERENCE_PARAMS, REFERENCE_MACS = 85.8e6, 281.0e9  # docs/design.md section 6 (fvcore on the code)
 MOBILE_PRESETS = ("xvit_xs", "xvit_s", "xvit_m")
 
 
@@ -289,7 +289,7 @@ def test_mobile_presets_cost_and_int8_softmax_support(name):
     report = kvid.profile.profile(kvid.models.create(name, num_classes=None))
     assert 0.5e9 <= report.macs <= 2.0e9, report.macs
     keys = (cfg["image_size"] // cfg["patch_size"]) ** 2 + 1
-    assert keys <= 65  # each per-frame softmax stays small (DESIGN.md section 7)
+    assert keys <= 65  # each per-frame softmax stays small (docs/design.md section 7)
 
 
 def _small(name):
