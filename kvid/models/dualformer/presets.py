@@ -77,7 +77,7 @@ PRESETS = {
     # (two 3x3 stride-2 convs, then 2-frame tubelets), which fitted 128 training clips faster
     # than the (2, 4, 4) patchify stem (loss 2.16 vs 2.38 after 64 Adam steps). The MLPs' 3x3
     # depthwise conv halves the epochs to the 92.9% validation plateau and, with learning rate
-    # 1e-3, learned the rotation direction in four runs of six (dualformer.flags has the runs).
+    # 1e-3, learned the rotation direction in four runs of six (docs/dualformer.md has the runs).
     "dualformer_cpu": dict(
         num_frames=8, image_size=64, conv_stem=(16, 16), patch_size=(2, 1, 1),
         embed_dims=(16, 32, 64, 128), num_heads=(1, 1, 2, 4),

@@ -101,7 +101,7 @@ DEFAULTS = dict(
 # Image presets reproduce the reference factories (mobile_former.py) at 224x224, T = 1.
 # Video presets span Video Mobile-Former's stated 0.5-6 GMAC regime (its tables could not be
 # read): widths of the image models, 8 or 16 frames, time halved at the 3rd downsampling, the
-# factorized bridge. Measured MACs per clip are in the README table (benchmarks/vmf_table.py).
+# factorized bridge. Measured MACs per clip are in docs/mobile_former.md (benchmarks/vmf_table.py).
 PRESETS = {
     "mobile_former_508m": dict(
         blocks=_blocks(_MF508), stem_channels=24, head_features=1920, image_input=True
