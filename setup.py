@@ -27,7 +27,7 @@ setup(
         "av",
         "matplotlib",
     ],
-    extras_require={"dev": ["pytest", "ruff", "hypothesis"]},
+    extras_require={"dev": ["pytest", "pytest-xdist", "ruff", "hypothesis"]},
     entry_points={
         "console_scripts": [
             "kvid-convert=kvid_tflite.convert:run",

@@ -45,7 +45,8 @@ def test_quantize_model_rejects_non_functional_models():
         kvid.quantization.quantize_model(Sub())
 
 
-@pytest.mark.parametrize("source", ["ptq", "qat"])
+# QAT -> int8 of a (smaller) vmf_tiny also runs in the default tier through the README test.
+@pytest.mark.parametrize("source", ["ptq", pytest.param("qat", marks=pytest.mark.slow)])
 def test_vmf_tiny_int8_has_int8_io_zero_float_ops_and_tracks_float(source):
     model = kvid.models.create("vmf_tiny", num_classes=10)
     calibration = smooth_clips(model.input_shape[1:], 16, seed=1)

@@ -238,7 +238,11 @@ ALL_OPTIONS = dict(
 )
 
 
-@pytest.mark.parametrize("overrides", [{}, ALL_OPTIONS], ids=["preset", "all_options"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, pytest.param(ALL_OPTIONS, marks=pytest.mark.slow)],
+    ids=["preset", "all_options"],
+)
 def test_cpu_preset_qat_and_int8_has_int8_io_zero_float_ops_and_tracks_float(overrides):
     """The QAT entry point on the CPU preset, then its int8 conversion (the main job's path)."""
     from kvid_tflite.audit import audit_model, check_int8

@@ -78,7 +78,11 @@ def test_from_reference_rejects_unsupported_options(golden_dir):
         kvid.models.from_reference({"family": "nope", "constructor": constructor}, state_dict)
 
 
-@pytest.mark.parametrize("name", sorted(IMAGE_PRESETS))
+@pytest.mark.parametrize(
+    "name",
+    [n if n == "mobile_former_26m" else pytest.param(n, marks=pytest.mark.slow)
+     for n in sorted(IMAGE_PRESETS)],
+)  # fmt: skip
 def test_image_presets_match_reference_params_and_macs(name):
     ref_params, ref_macs = IMAGE_PRESETS[name]
     report = kvid.profile.profile(kvid.models.create(name, num_classes=1000))
