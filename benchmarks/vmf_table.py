@@ -1,7 +1,7 @@
 """Video Mobile-Former presets on this machine: cost, int8 size and latency, int8 fidelity.
 
-One row per preset (docs/design.md section 6): params, MACs per clip, input T x H x W, int8 `.tflite`
-size, LiteRT (default XNNPACK delegate) latency at 1 and 2 threads, the share of the attainable
+One row per preset (docs/design.md section 6): params, MACs per clip, input T x H x W, int8
+`.tflite` size, LiteRT (default XNNPACK delegate) latency at 1 and 2 threads, the share of the attainable
 int8 rate it reaches, int8-vs-float logits cosine and the zero-float-op audit. The attainable rate
 is measured in the same run on large int8 1x1 convolutions. A MoViNet-A0 (2+1)D reference row is
 added when `official.projects.movinet` (tf-models-official) is importable.
@@ -35,8 +35,8 @@ from kvid_tflite.litert import TFLiteModel
 _SIZE_ORDER = ("tiny", "xs", "s", "m", "l", "xl")
 THREADS = (1, 2)
 # MoViNet-A0 (2+1)D rows: (name suffix, frames, size, activation, gating activation). Model
-# Garden's defaults (swish, sigmoid gating) at vmf_xs's input and at docs/design.md section 2's reference
-# point (8x172x172); then hard-swish / hard-sigmoid, whose int8 HARD_SWISH XNNPACK does not take.
+# Garden's defaults (swish, sigmoid gating) at vmf_xs's input and at the reference point of
+# docs/design.md section 2 (8x172x172); then hard-swish / hard-sigmoid, whose int8 HARD_SWISH XNNPACK does not take.
 MOVINET_ROWS = (
     ("", 8, 160, "simple_swish", "sigmoid"),
     ("", 8, 172, "simple_swish", "sigmoid"),

@@ -31,8 +31,8 @@ The compiler maps ops up to the first unsupported one and runs everything from t
 ("More than one subgraph is not supported"), so the predicted cut is the first op that breaks a
 rule. The report gives the share of ops and of MACs before the cut (MACs of CONV_2D,
 DEPTHWISE_CONV_2D, FULLY_CONNECTED, BATCH_MATMUL, TRANSPOSE_CONV and CONV_3D from the tensor
-shapes, the docs/design.md section 6 convention) and names the blocking op with the Keras layer it came
-from (read from its output tensor's name, which a converted Keras model scopes by layer).
+shapes, the docs/design.md section 6 convention) and names the blocking op with the Keras layer it
+came from (read from its output tensor's name, which a converted Keras model scopes by layer).
 Caveats (things the rules leave open, e.g. a very large depthwise kernel) never cut the graph.
 
 Usable as a function and as a command:

@@ -3,8 +3,8 @@
   kvid-eval --workdir=/tmp/run --model=/tmp/run/export/model_int8.tflite
   kvid-eval --workdir=/tmp/run --model=/tmp/run/export/float --num_clips=2 --num_crops=3
 
-Eval sampling (docs/design.md section 8): each video gives num_clips x num_crops views; the model runs
-on every view and the softmax scores are averaged over views. Reported: top-1, top-5, per-class
+Eval sampling (docs/design.md section 8): each video gives num_clips x num_crops views; the model
+runs on every view and the softmax scores are averaged over views. Reported: top-1, top-5, per-class
 accuracy, per-order-pair accuracy, the confusion matrix (also as a PNG), and against each
 reference (the float SavedModel by default for a `.tflite`, the QAT SavedModel when present) the
 cosine of the view-averaged logits (mean, min over clips) and top-1 agreement.

@@ -34,7 +34,8 @@ either is exceeded:
     the rounding floor: it means clipping (a saturated range), weights that per-tensor int8
     cannot represent, or arithmetic the int8 kernels do not reproduce.
   * relative_rmse <= 0.1 (20 dB signal-to-noise). RMSE in steps cannot see a tensor whose scale
-    is inflated by outliers or fixed too coarse (the int8 softmax's 1/256, docs/design.md section 7):
+    is inflated by outliers or fixed too coarse (the int8 softmax's 1/256, docs/design.md
+    section 7):
     its error stays below a step while the signal shrinks to a few steps. A well-used 8-bit range
     sits near 0.01; the broken softmax of docs/design.md section 7 is at 1.0.
 """

@@ -25,7 +25,8 @@ def test_conv3d_stays_float_inside_int8_and_is_named_first(conv3d_int8, tmp_path
     result = audit.audit_model(conv3d_int8)
     by_index = {op["index"]: op for op in result["ops"]}
     flagged = [by_index[i]["name"] for i in result["float_ops"]]
-    # The converter leaves CONV_3D in float32, wrapped in DEQUANTIZE / QUANTIZE (docs/design.md section 2).
+    # The converter leaves CONV_3D in float32, wrapped in DEQUANTIZE / QUANTIZE (docs/design.md
+    # section 2).
     assert flagged == ["DEQUANTIZE", "CONV_3D", "QUANTIZE"]
     assert result["counts"]["CONV_3D:float32"] == 1
     conv3d = next(op for op in result["ops"] if op["name"] == "CONV_3D")

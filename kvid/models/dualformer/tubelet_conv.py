@@ -10,8 +10,8 @@ can be moved next to an axis a 2D convolution already reduces over, with one rel
   `(B, T, H, W, C) -> (B * T / k_t, H * k_t, W, C)` (row `h * k_t + t`), so the `k_h * k_t` rows
   of a tubelet are contiguous and a `(k_h * k_t) x k_w` DepthwiseConv2D with that stride is exact.
 
-Both relayouts are one TRANSPOSE of rank <= 6 (docs/design.md section 4); with `k_t = 1` there is none
-and the frames are folded into the batch axis.
+Both relayouts are one TRANSPOSE of rank <= 6 (docs/design.md section 4); with `k_t = 1` there is
+none and the frames are folded into the batch axis.
 """
 
 from __future__ import annotations

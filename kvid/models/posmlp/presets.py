@@ -42,7 +42,8 @@ _EDGETPU = dict(
 # posmlp_video_s16 is the only released configuration (configs/SSV1/SSV1_MLP_S16.yaml): 13.51M
 # parameters, 40.17 GMACs per 16x224x224 view in the training form (docs/design.md section 6). The
 # smaller presets are kvid's (the paper's S/B tables could not be read): channel groups per gamma
-# as in the reference, windows that tile each stage. Costs: docs/posmlp.md, benchmarks/results/posmlp_table.md.
+# as in the reference, windows that tile each stage. Costs: docs/posmlp.md and
+# benchmarks/results/posmlp_table.md.
 # They use batch norm (the reference's layout otherwise): kvid's LayerNorm on every position
 # loses low-variance positions in int8 (the variance rounds to 0 and RSQRT saturates; measured on
 # a trained posmlp_video_tiny with LayerNorm: RSQRT relative error 0.85, int8 logits cosine 0.07).

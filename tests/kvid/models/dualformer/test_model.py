@@ -19,7 +19,8 @@ from tests.helpers import (
     smooth_clips,
 )
 
-REFERENCE_PRESETS = {  # backbone params / matrix-op MACs per 32x224x224 view (docs/design.md section 6)
+# backbone params / matrix-op MACs per 32x224x224 view (docs/design.md section 6)
+REFERENCE_PRESETS = {
     "dualformer_tiny": (21.77e6, 59.86e9),
     "dualformer_small": (48.91e6, 158.26e9),
     "dualformer_base": (86.84e6, 267.39e9),

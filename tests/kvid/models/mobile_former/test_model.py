@@ -9,7 +9,8 @@ from kvid.models import mobile_former
 from tests.conftest import REPO_ROOT
 from tests.helpers import flat_graph_ops, golden_tolerance, load_golden
 
-IMAGE_PRESETS = {  # reference params / matrix-op MACs (docs/design.md section 6, fvcore on the code)
+# reference params / matrix-op MACs (docs/design.md section 6, fvcore on the code)
+IMAGE_PRESETS = {
     "mobile_former_508m": (13.98e6, 498.5e6),
     "mobile_former_294m": (11.42e6, 286.7e6),
     "mobile_former_151m": (7.60e6, 146.2e6),

@@ -21,7 +21,8 @@ from tests.helpers import (
 
 PRESETS = kvid.models.list_presets("posmlp")
 EDGETPU_PRESETS = [p for p in PRESETS if p.endswith("_edgetpu")]
-# ops the Edge TPU does not run (docs/design.md section 3) or that the edgetpu presets must not contain
+# ops the Edge TPU does not run (docs/design.md section 3) or that the edgetpu presets must not
+# contain
 EDGETPU_FORBIDDEN_TF_OPS = {
     "Transpose", "BatchMatMulV2", "BatchMatMulV3", "Softmax", "Gelu", "Erf", "Rsqrt", "Einsum",
     "Conv3D",
@@ -187,7 +188,8 @@ def test_from_reference_builds_other_reference_configurations(golden_dir):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_s16_matches_reference_params_and_macs():
-    """13.51M params, 40.17 GMACs per 16x224x224 view (docs/design.md section 6), 174 SSv1 classes."""
+    """13.51M params, 40.17 GMACs per 16x224x224 view (docs/design.md section 6), 174 SSv1
+    classes."""
     model = kvid.models.create("posmlp_video_s16", num_classes=174)
     report = kvid.profile.profile(model)
     assert abs(report.params / 13.51e6 - 1) < 0.01, report.params
