@@ -103,12 +103,17 @@ def _quiet_python_logs() -> None:
     warnings.filterwarnings("ignore")
 
 
-def fail(tool: str, message: object) -> NoReturn:
-    """Ends the run with one line on stderr and exit code 2."""
+def report_error(tool: str, message: object) -> None:
+    """Writes `TOOL: error: MESSAGE` as one line on stderr (the run goes on)."""
     text = " ".join(str(message).split()) or type(message).__name__
     sys.stderr.flush()
     sys.stderr.write(f"{tool}: error: {text}\n")
     sys.stderr.flush()
+
+
+def fail(tool: str, message: object) -> NoReturn:
+    """Ends the run with one line on stderr and exit code 2."""
+    report_error(tool, message)
     sys.exit(2)
 
 

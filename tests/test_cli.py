@@ -34,6 +34,7 @@ FILE_ARGUMENTS = {
     "kvid-eval": lambda path, tmp: [f"--model={path}", f"--data_dir={tmp}"],
     "kvid-prepare": lambda path, tmp: [f"--csv={path}", f"--out_dir={tmp / 'out'}", "--split=a"],
     "kvid-edgetpu-check": lambda path, tmp: [str(path)],
+    "kvid-classify": lambda path, tmp: [f"--model={path}", str(tmp / "video.mp4")],
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,7 @@ def test_readme_runnable_blocks_run_as_written(tmp_path):
     for name in ("training", "benchmarks"):  # the paths a user's commands use from the root
         (work / name).symlink_to(REPO_ROOT / name)
     _write_my_videos(work / "my_videos")
+    shutil.copy(work / "my_videos" / "val_left_0.mp4", work / "my_videos" / "clip.mp4")
     tiny, tiny_vmf = tmp_path / "tiny.flags", tmp_path / "tiny_vmf.flags"
     tiny.write_text(TINY_FLAGS)
     tiny_vmf.write_text(TINY_VMF_FLAGS)
@@ -162,6 +164,7 @@ def test_readme_runnable_blocks_run_as_written(tmp_path):
 
     assert any("kvid-prepare" in command for command in ran)
     assert any(command.startswith("kvid-edgetpu-check") for command in ran)
+    assert any(command.startswith("kvid-classify") for command in ran)
     for run in ("vmf_tiny", "mine"):
         export = work / "runs" / run / "export"
         assert (export / "model_int8.tflite").stat().st_size > 0

@@ -35,10 +35,11 @@ import numpy as np
 from absl import app, flags
 
 import kvid.cli
+from kvid.data.sampling import EVAL_CROP_FRACTION
 from kvid.data.workdir import load_workdir, read_labels
 from kvid_tflite import audit as audit_lib
 from kvid_tflite import layer_errors as layer_errors_lib
-from kvid_tflite.litert import INPUT_LAYOUTS, TFLiteModel, layout_input_shape
+from kvid_tflite.litert import INPUT_LAYOUTS, TFLiteModel, embed_metadata, layout_input_shape
 from kvid_tflite.metrics import compare_logits
 
 if TYPE_CHECKING:  # loads TensorFlow: imported where it is used
@@ -203,11 +204,15 @@ def sidecar(
     labels: Sequence[str],
     normalization: dict[str, Any] | None,
     frame_stride: int = 1,
+    stored_frame_size: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """What an app needs to feed the model and read its output.
 
     `input.input_layout` ("clip" or "frame_stacked") with `num_frames` and `image_size` say how
     a `(T, H, W, 3)` clip becomes the input tensor (kvid_tflite.litert.read_input_layout).
+    `input.sampling` is how training and evaluation sampled clips (kvid.data.sampling): decoded
+    frames resized to `stored_frame_size` as kvid-prepare stored them (None: kept as decoded),
+    then the evaluation resize and crop.
     """
     input_scale, input_zero_point = tflite.input_quantization
     output_scale, output_zero_point = tflite.output_quantization
@@ -229,6 +234,13 @@ def sidecar(
             "image_size": [int(height), int(width)],
             # The model was trained on frames this many decoded frames apart: sample the same.
             "frame_stride": int(frame_stride),
+            "sampling": {
+                "stored_frame_size": (
+                    None if stored_frame_size is None else [int(d) for d in stored_frame_size]
+                ),
+                "eval_crop_fraction": EVAL_CROP_FRACTION,
+                "resize": "bilinear, antialiased (tf.image.resize antialias=True)",
+            },
             # int8 input: q = round(x / scale) + zero_point, x in [0, 1].
             "scale": input_scale,
             "zero_point": input_zero_point,
@@ -328,8 +340,12 @@ def export_tflite(
     max_relative_rmse: float = layer_errors_lib.DEFAULT_MAX_RELATIVE_RMSE,
     measure_latency: bool = True,
     input_layout: str = "clip",
+    stored_frame_size: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Converts, writes `.tflite` + sidecar + report, and returns the report.
+
+    The `.tflite` carries the sidecar's content as its kvid metadata (`litert.read_metadata`),
+    so the file alone is enough to use it; the sidecar JSON stays for people and older tools.
 
     Args:
       model: the SavedModel to convert.
@@ -357,12 +373,18 @@ def export_tflite(
     start = time.perf_counter()
     tflite_bytes = convert_saved_model(model, mode, representative, input_layout)
     conversion_seconds = time.perf_counter() - start
+    stem = os.path.splitext(output)[0]
+    tflite = TFLiteModel(tflite_bytes, num_threads=num_threads, clip_shape=model.clip_shape)
+    side = sidecar(
+        tflite, mode, source, model.path, labels, normalization, frame_stride, stored_frame_size
+    )
+    # Embedded without the SavedModel's path: that names a folder on this machine only.
+    tflite_bytes = embed_metadata(
+        tflite_bytes, {k: v for k, v in side.items() if k != "saved_model"}
+    )
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "wb") as f:
         f.write(tflite_bytes)
-    stem = os.path.splitext(output)[0]
-    tflite = TFLiteModel(tflite_bytes, num_threads=num_threads, clip_shape=model.clip_shape)
-    side = sidecar(tflite, mode, source, model.path, labels, normalization, frame_stride)
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump(side, f, indent=1)
 
@@ -629,6 +651,15 @@ def load_clip_sources(
     return representative, test_clips
 
 
+def _stored_frame_size(data_dir: str) -> list[int] | None:
+    """The frame size kvid-prepare stored the dataset at (None: unknown or mixed sizes)."""
+    from kvid.data.dataset import DATASET_INFO, read_dataset_info
+
+    if not os.path.exists(os.path.join(data_dir, DATASET_INFO)):
+        return None
+    return read_dataset_info(data_dir).get("frame_size")
+
+
 def _selected_mode(values: flags.FlagValues) -> str:
     selected = [mode for mode in MODES if getattr(values, mode)]
     if len(selected) != 1:
@@ -716,6 +747,7 @@ def convert_from_flags(values: flags.FlagValues) -> int:
         max_rmse_steps=values.max_rmse_steps,
         max_relative_rmse=values.max_relative_rmse,
         input_layout=values.input_layout,
+        stored_frame_size=_stored_frame_size(data_dir),
     )
     print(summary(report))
     if mode == "int8" and not report["audit"]["passed"]:

@@ -80,8 +80,9 @@ def load_classifier(path: str, num_threads: int | None = None) -> tuple[Classifi
             raise WorkdirError(message) from error
         if len(model.clip_shape) != 4:
             raise WorkdirError(
-                f"{path} takes {list(model.input_shape)}, not clips (1, T, H, W, 3), and has no "
-                f"sidecar {sidecar_path(path)} recording its input_layout (written by kvid-convert)"
+                f"{path} takes {list(model.input_shape)}, not clips (1, T, H, W, 3), and records "
+                f"no input_layout (in its kvid metadata or a sidecar {sidecar_path(path)}): "
+                "convert it with kvid-convert"
             )
         model.frame_stride = read_frame_stride(path)
         return model, "tflite", model.clip_shape

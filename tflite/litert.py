@@ -34,6 +34,8 @@ _BUILTIN_NAMES = {
 
 
 INPUT_LAYOUTS = ("clip", "frame_stacked")
+# The Edge TPU runtime's delegate library (Coral's libedgetpu, or a build of it).
+EDGETPU_LIBRARY = "libedgetpu.so.1"
 
 
 def stack_frames(video: np.ndarray) -> np.ndarray:
@@ -81,23 +83,25 @@ def read_sidecar(tflite_path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def read_frame_stride(tflite_path: str | os.PathLike) -> int | None:
-    """The frame stride the model was trained at, from its sidecar (None when not recorded)."""
-    side = read_sidecar(tflite_path) or {}
+    """The frame stride the model was trained at, from its metadata or sidecar (None when not
+    recorded)."""
+    side = read_description(tflite_path) or {}
     stride = (side.get("input") or {}).get("frame_stride")
     return None if stride is None else int(stride)
 
 
 def read_input_layout(tflite_path: str | os.PathLike) -> tuple[str, tuple[int, ...] | None]:
-    """The input layout and clip shape `(T, H, W, 3)` recorded in a `.tflite`'s sidecar.
+    """The input layout and clip shape `(T, H, W, 3)` recorded in a `.tflite`'s metadata (or,
+    for older files, its sidecar).
 
-    Returns ("clip", None) when there is no sidecar or it records no layout (a sidecar written
-    before layouts existed describes a clip-layout model).
+    Returns ("clip", None) when neither records a layout (a sidecar written before layouts
+    existed describes a clip-layout model).
 
     Raises:
-      ValueError: the sidecar is not valid JSON, or records an unknown layout or no clip shape.
+      ValueError: the record is not valid JSON, or has an unknown layout or no clip shape.
     """
-    path = sidecar_path(tflite_path)
-    side = read_sidecar(tflite_path)
+    path = os.fspath(tflite_path)
+    side = read_description(tflite_path)
     if side is None:
         return "clip", None
     model_input = side.get("input") or {}
@@ -105,13 +109,13 @@ def read_input_layout(tflite_path: str | os.PathLike) -> tuple[str, tuple[int, .
     if layout is None:
         return "clip", None
     if layout not in INPUT_LAYOUTS:
-        raise ValueError(f"sidecar {path}: input_layout {layout!r} is not one of {INPUT_LAYOUTS}")
+        raise ValueError(f"{path}: input_layout {layout!r} is not one of {INPUT_LAYOUTS}")
     try:
         height, width = (int(d) for d in model_input["image_size"])
         clip_shape = (int(model_input["num_frames"]), height, width, int(model_input["shape"][-1]))
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(
-            f"sidecar {path}: input_layout {layout!r} without num_frames / image_size ({error})"
+            f"{path}: input_layout {layout!r} without num_frames / image_size ({error})"
         ) from error
     return layout, clip_shape
 
@@ -131,6 +135,113 @@ def quantize(values: np.ndarray, scale: float, zero_point: int, dtype: Any) -> n
 def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """Inverse of `quantize`: `(q - zero_point) * scale` as float32."""
     return ((np.asarray(values).astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+# The name of kvid's entry in the flatbuffer's `metadata` list: a UTF-8 JSON object with what an
+# app needs to feed the model and read it (what kvid-convert also writes to the sidecar JSON).
+METADATA_NAME = "kvid"
+
+
+def read_metadata(model_content: bytes) -> dict[str, Any] | None:
+    """kvid's metadata embedded in a `.tflite` (`embed_metadata`), or None when there is none.
+
+    Raises:
+      ValueError: the bytes are not a TFLite flatbuffer, or the entry is not a JSON object.
+    """
+    if len(model_content) < 8 or model_content[4:8] != b"TFL3":
+        raise ValueError("not a TFLite flatbuffer (no TFL3 identifier)")
+    model = schema.Model.GetRootAs(model_content, 0)
+    for index in range(model.MetadataLength()):
+        entry = model.Metadata(index)
+        if (entry.Name() or b"").decode("utf-8", "replace") != METADATA_NAME:
+            continue
+        data = model.Buffers(entry.Buffer()).DataAsNumpy()
+        try:
+            value = json.loads(bytes(data).decode("utf-8"))
+        except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"the model's {METADATA_NAME!r} metadata is not JSON: {error}"
+            ) from None
+        if not isinstance(value, dict):
+            raise ValueError(f"the model's {METADATA_NAME!r} metadata is not a JSON object")
+        return value
+    return None
+
+
+def embed_metadata(model_content: bytes, info: dict[str, Any] | None) -> bytes:
+    """The `.tflite` with `info` as its kvid metadata entry (replaced when present; None removes
+    it).
+
+    Tensors, ops, signatures and the other metadata entries (the converter's own) are kept; the
+    interpreter ignores metadata, so the model computes exactly what it computed before. (The
+    replaced entry's buffer stays in the file, unreferenced.)
+    """
+    import flatbuffers
+
+    read_metadata(model_content)  # a TFLite flatbuffer, with readable kvid metadata if any
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_content), 0)
+    model.metadata = [
+        entry
+        for entry in (model.metadata or [])
+        if (entry.name or b"").decode("utf-8", "replace") != METADATA_NAME
+    ]
+    data = np.frombuffer(json.dumps(info, sort_keys=True).encode("utf-8"), np.uint8)
+    buffer = schema.BufferT()
+    buffer.data = data
+    if info is not None:
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = METADATA_NAME
+        entry.buffer = len(model.buffers) - 1
+        model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(model_content) + len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_description(tflite_path: str | os.PathLike) -> dict[str, Any] | None:
+    """What kvid-convert recorded about a `.tflite`: its embedded metadata, else the sidecar JSON
+    beside it (files converted before the metadata existed); None when there is neither."""
+    with open(tflite_path, "rb") as f:
+        content = f.read()
+    try:
+        embedded = read_metadata(content)
+    except ValueError as error:
+        raise ValueError(f"{os.fspath(tflite_path)}: {error}") from None
+    return embedded if embedded is not None else read_sidecar(tflite_path)
+
+
+def probe_delegate(
+    library: str, timeout: float = 60.0, command: Sequence[str] | None = None
+) -> str | None:
+    """Loads a LiteRT delegate library in a separate process; None when that worked, else why not.
+
+    A delegate built against another TFLite version can crash (segfault) the process that loads
+    it, so it is tried in a child first. `command` replaces the child's command line (tests).
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ai_edge_litert.interpreter import load_delegate\n"
+        "load_delegate(sys.argv[1])\n"
+    )
+    argv = list(command) if command is not None else [sys.executable, "-c", code, library]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"loading {library} did not finish in {timeout:.0f} s"
+    if result.returncode == 0:
+        return None
+    if result.returncode < 0:
+        return (
+            f"loading {library} crashed the process (signal {-result.returncode}): the installed "
+            "library does not match this LiteRT runtime"
+        )
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    reason = lines[-1] if lines else f"exit code {result.returncode}"
+    return f"cannot load {library} ({reason}); is the Edge TPU runtime installed?"
 
 
 def read_operator_codes(model_content: bytes) -> list[dict[str, Any]]:
@@ -170,8 +281,9 @@ class TFLiteModel:
       use_xnnpack: apply LiteRT's default delegate (XNNPACK), as on a phone. Set False to
         run the reference kernels node by node.
       clip_shape: `(T, H, W, 3)` of one clip. Needed for a frame-stacked input `(1, T * H, W, 3)`
-        (the sidecar has it: `read_input_layout`), whose `__call__` then also takes clips and
+        (the metadata has it: `read_input_layout`), whose `__call__` then also takes clips and
         stacks their frames; None: the input tensor is taken as the clip (5-D input).
+      delegates: LiteRT delegates to apply (`load_delegate(...)`, e.g. the Edge TPU's).
 
     Example:
       model = TFLiteModel("export/model_int8.tflite", num_threads=2)
@@ -185,6 +297,7 @@ class TFLiteModel:
         preserve_all_tensors: bool = False,
         use_xnnpack: bool = True,
         clip_shape: Sequence[int] | None = None,
+        delegates: Sequence[Any] | None = None,
     ) -> None:
         if isinstance(model, bytes | bytearray):
             self.model_content = bytes(model)
@@ -206,6 +319,7 @@ class TFLiteModel:
             num_threads=num_threads,
             experimental_op_resolver_type=resolver,
             experimental_preserve_all_tensors=preserve_all_tensors,
+            experimental_delegates=list(delegates) if delegates else None,
         )
         self.interpreter.allocate_tensors()
         inputs = self.interpreter.get_input_details()

@@ -30,13 +30,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from kvid.data import dataset
+from kvid.data import dataset, sampling
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Eval resizes so that the centre crop keeps 87.5% of the frame (the 224-of-256 ImageNet
 # convention), but never upsamples a stored frame just for that: for the default 72x72 frames and
-# a 64x64 model this is a plain 64x64 centre crop of the 72x72 frame.
-EVAL_CROP_FRACTION = 0.875
+# a 64x64 model this is a plain 64x64 centre crop of the 72x72 frame. kvid.data.sampling states
+# the same evaluation sampling in numpy (for kvid-classify); a test holds the two equal.
+EVAL_CROP_FRACTION = sampling.EVAL_CROP_FRACTION
 # Beyond this many shards, a wider interleave mixes no better but holds more open files.
 _MAX_CYCLE_LENGTH = 16
 

@@ -49,6 +49,15 @@ def decode_frames(
             raise ValueError("no decodable video frame")
 
 
+def video_frame_rate(path: str) -> float | None:
+    """Frames per second of a video's first video stream (its average rate), None if unknown."""
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError("the file has no video stream")
+        rate = container.streams.video[0].average_rate
+    return float(rate) if rate else None
+
+
 def decode_video(
     path: str,
     frame_size: int | tuple[int, int] | None = None,

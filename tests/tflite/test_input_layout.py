@@ -24,7 +24,13 @@ from kvid.data.workdir import WorkdirError
 from kvid.models.posmlp.positional_gating import PositionalGating
 from kvid_tflite import convert, edgetpu, evaluate
 from kvid_tflite.audit import audit_model
-from kvid_tflite.litert import TFLiteModel, read_input_layout, read_operator_codes, stack_frames
+from kvid_tflite.litert import (
+    TFLiteModel,
+    embed_metadata,
+    read_input_layout,
+    read_operator_codes,
+    stack_frames,
+)
 from kvid_tflite.metrics import cosine_similarity
 from kvid_tflite.saved_model import load_serving_model
 from tests.helpers import read_json, run_kvid_convert
@@ -197,12 +203,20 @@ def test_kvid_eval_reads_the_layout_from_the_sidecar(
             assert mine["vs_float"][key] == pytest.approx(theirs["vs_float"][key], abs=1e-6)
     assert report["forward"]["vs_float"]["cosine_mean"] > 0.98  # float reference fed clips
 
-    # Without its sidecar a stacked .tflite cannot say how many frames it holds.
+    # Alone in a folder, the .tflite still says how many frames it holds: its metadata.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(stacked_stem + ".tflite", alone / "model.tflite")
+    code, alone_report = run_eval(str(alone / "model.tflite"))
+    assert code == 0 and alone_report["input_layout"] == "frame_stacked"
+    assert alone_report["forward"]["top1"] == report["forward"]["top1"]
+    # Without metadata and sidecar (a file from before both), a stacked .tflite cannot say it.
     bare = os.path.join(str(tmp_path), "bare.tflite")
-    shutil.copy(stacked_stem + ".tflite", bare)
-    with pytest.raises(
-        WorkdirError, match=f"has no sidecar {os.path.join(str(tmp_path), 'bare.json')}"
-    ):
+    with open(stacked_stem + ".tflite", "rb") as f:
+        stripped = embed_metadata(f.read(), None)
+    with open(bare, "wb") as f:
+        f.write(stripped)
+    with pytest.raises(WorkdirError, match="records no input_layout"):
         run_eval(bare)
 
 
@@ -267,8 +281,11 @@ def test_layout_needs_a_matching_clip_shape_and_a_complete_sidecar(posmlp_export
     with pytest.raises(ValueError, match=r"neither the clip \[4, 16, 8, 3\] nor its frame-stacked"):
         TFLiteModel(stacked_stem + ".tflite", clip_shape=(4, 16, 8, 3))
     side = read_json(stacked_stem + ".json")
-    model = str(tmp_path / "m.tflite")
-    shutil.copy(stacked_stem + ".tflite", model)
+    model = str(tmp_path / "m.tflite")  # a file converted before the metadata: the sidecar counts
+    with open(stacked_stem + ".tflite", "rb") as f:
+        stripped = embed_metadata(f.read(), None)
+    with open(model, "wb") as f:
+        f.write(stripped)
     del side["input"]["num_frames"]
     (tmp_path / "m.json").write_text(json.dumps(side))
     with pytest.raises(ValueError, match="input_layout 'frame_stacked' without num_frames"):
