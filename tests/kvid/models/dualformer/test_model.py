@@ -239,15 +239,8 @@ ALL_OPTIONS = dict(
 )
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [{}, pytest.param(ALL_OPTIONS, marks=pytest.mark.slow)],
-    ids=["preset", "all_options"],
-)
-def test_cpu_preset_qat_and_int8_has_int8_io_zero_float_ops_and_tracks_float(overrides):
-    """The QAT entry point on the CPU preset, then its int8 conversion (the main job's path)."""
-    from kvid_tflite.audit import audit_model, check_int8
-
+def _cpu_preset_qat(overrides):
+    """The QAT entry point on the CPU preset: (QAT model, calibration clips), checked."""
     model = kvid.models.create("dualformer_cpu", num_classes=14, **overrides)
     qat = kvid.quantization.quantize_model(model)
     assert qat.input_shape == model.input_shape and qat.output_shape == model.output_shape
@@ -260,9 +253,24 @@ def test_cpu_preset_qat_and_int8_has_int8_io_zero_float_ops_and_tracks_float(ove
     # fake quantization only rounds: the QAT model still computes the float model's function
     assert cosine(qat(x, training=False).numpy(), model(x, training=False).numpy()) > 0.98
     qat_train_step(qat, np.concatenate(calibration[:2]), np.array([0, 1]))
+    return qat, calibration
+
+
+def test_cpu_preset_quantization_aware_model_requantizes_inside_layers_and_trains():
+    _cpu_preset_qat({})
+
+
+# The conversion takes about a minute on 2 cores: slow tier.
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [{}, ALL_OPTIONS], ids=["preset", "all_options"])
+def test_cpu_preset_qat_and_int8_has_int8_io_zero_float_ops_and_tracks_float(overrides):
+    """The QAT entry point on the CPU preset, then its int8 conversion (the main job's path)."""
+    from kvid_tflite.audit import audit_model, check_int8
+
+    qat, calibration = _cpu_preset_qat(overrides)
     tflite_bytes = convert_int8(qat, calibration)
     audit = audit_model(tflite_bytes)
     check_int8(audit)
     assert audit["float_ops"] == []
-    cosines = int8_vs_keras_cosines(tflite_bytes, qat, smooth_clips(model.input_shape[1:], 4, 2))
+    cosines = int8_vs_keras_cosines(tflite_bytes, qat, smooth_clips(qat.input_shape[1:], 4, 2))
     assert np.mean(cosines) >= 0.99, cosines
