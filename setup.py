@@ -30,6 +30,7 @@ setup(
     extras_require={"dev": ["pytest", "pytest-xdist", "ruff", "hypothesis"]},
     entry_points={
         "console_scripts": [
+            "kvid-benchmark=kvid_tflite.benchmark:run",
             "kvid-classify=kvid_tflite.classify:run",
             "kvid-convert=kvid_tflite.convert:run",
             "kvid-edgetpu-check=kvid_tflite.edgetpu:run",

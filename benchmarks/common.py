@@ -6,7 +6,6 @@ Copied on purpose from tests/kvid/quantization/test_quantization.py (`smooth_cli
 
 from __future__ import annotations
 
-import collections
 import datetime
 import importlib.metadata
 import json
@@ -20,6 +19,14 @@ from typing import Any
 import numpy as np
 
 from kvid.backend import keras, tf
+
+# Timing, XNNPACK coverage and machine facts are kvid-benchmark's; the scripts use them from here.
+from kvid_tflite.benchmark import (  # noqa: F401
+    cpu_model,
+    load_average,
+    time_invokes,
+    xnnpack_fallback,
+)
 from kvid_tflite.convert import convert_keras_model
 from kvid_tflite.litert import TFLiteModel
 
@@ -68,24 +75,6 @@ def relative_l2(estimate: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(np.ravel(estimate) - reference) / np.linalg.norm(reference))
 
 
-def time_invokes(runner: TFLiteModel, runs: int, warmup: int = 3, seed: int = 0) -> list[float]:
-    """Wall time in ms of `runs` invokes on one random input (after `warmup` untimed ones).
-
-    The same loop as `TFLiteModel.latency`, which returns only the median; the benchmarks also
-    report the minimum, the better estimate of the machine's speed when others load it.
-    """
-    video = np.random.default_rng(seed).random(runner.input_shape, dtype=np.float32)
-    model_input = runner.quantize_input(video)
-    for _ in range(warmup):
-        runner.invoke_raw(model_input)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner.invoke_raw(model_input)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
-
-
 def latency_summary(tflite_bytes: bytes, threads: int, runs: int) -> dict[str, float]:
     """Median, min and max latency (ms) of an int8 model with LiteRT's default XNNPACK delegate."""
     times = time_invokes(TFLiteModel(tflite_bytes, num_threads=threads), runs)
@@ -127,41 +116,6 @@ def attainable_rate(threads: Sequence[int], runs: int) -> dict[str, Any]:
     return {"gmacs_per_s": best, "probes": probes, "load_average": load_average()}
 
 
-def xnnpack_fallback(tflite_bytes: bytes) -> dict[str, Any]:
-    """Which ops the default XNNPACK delegate leaves to LiteRT's builtin (reference) kernels.
-
-    After delegation the graph holds one DELEGATE node per XNNPACK partition, and the original
-    nodes. An original node runs outside XNNPACK exactly when something still running needs one
-    of its outputs that no DELEGATE node produces: walk back from the model outputs and the
-    DELEGATE nodes' inputs. Many partitions means many hand-offs between the two runtimes.
-    """
-    runner = TFLiteModel(tflite_bytes, num_threads=1)
-    # pylint: disable-next=protected-access
-    nodes = runner.interpreter._get_ops_details()
-    delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
-    originals = [n for n in nodes if n["op_name"] != "DELEGATE"]
-    available = {int(i) for d in delegates for i in d["outputs"]}
-    producer = {int(o): n for n in originals for o in n["outputs"]}
-    model_inputs, model_outputs = runner.model_io_indices()
-    available.update(int(i) for i in model_inputs)
-    needed = [int(i) for d in delegates for i in d["inputs"]] + [int(i) for i in model_outputs]
-    fallback: dict[int, dict[str, Any]] = {}
-    while needed:
-        tensor = needed.pop()
-        node = producer.get(tensor)
-        if tensor in available or node is None or node["index"] in fallback:
-            continue  # produced by XNNPACK, a model input, a constant, or already visited
-        fallback[node["index"]] = node
-        needed.extend(int(i) for i in node["inputs"] if i >= 0)
-    counts = collections.Counter(n["op_name"] for n in fallback.values())
-    return {
-        "partitions": len(delegates),
-        "ops": len(originals),
-        "fallback_ops": len(fallback),
-        "fallback_by_name": dict(counts.most_common()),
-    }
-
-
 def cpu_idle_fraction(seconds: float = 1.0) -> float:
     """Share of all CPUs' time spent idle over the next `seconds` (from /proc/stat)."""
 
@@ -190,21 +144,6 @@ def wait_for_idle(timeout_s: float, threshold: float = 0.9) -> dict[str, float]:
         if idle >= threshold or waited >= timeout_s:
             return {"idle_fraction": round(idle, 3), "waited_s": round(waited, 1)}
         time.sleep(4.0)
-
-
-def load_average() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _version(distribution: str) -> str | None:

@@ -35,6 +35,7 @@ FILE_ARGUMENTS = {
     "kvid-prepare": lambda path, tmp: [f"--csv={path}", f"--out_dir={tmp / 'out'}", "--split=a"],
     "kvid-edgetpu-check": lambda path, tmp: [str(path)],
     "kvid-classify": lambda path, tmp: [f"--model={path}", str(tmp / "video.mp4")],
+    "kvid-benchmark": lambda path, tmp: [f"--output_dir={tmp / 'out'}", str(path)],
 }
 
 

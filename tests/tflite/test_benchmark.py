@@ -1,0 +1,73 @@
+"""kvid-benchmark: latency percentiles, XNNPACK coverage by op and layer, refused BATCH_MATMULs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kvid.backend import keras, tf
+from kvid_tflite import benchmark
+from kvid_tflite.convert import convert_keras_model
+
+
+@pytest.fixture(scope="module")
+def attention_tflite() -> bytes:
+    """Two activations multiplied: the keys pass a ReLU, so their int8 zero point is -128."""
+    inputs = keras.Input((8, 16), batch_size=1)
+    queries = keras.layers.Dense(16, name="queries")(inputs)
+    keys = keras.layers.Dense(16, activation="relu", name="keys")(inputs)
+    scores = tf.linalg.matmul(queries, keys, transpose_b=True)
+    logits = keras.layers.Dense(4, name="head")(keras.layers.Flatten()(scores))
+    model = keras.Model(inputs, logits)
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(8)]
+    return convert_keras_model(model, "int8", lambda: calibration)
+
+
+def test_report_times_counts_and_names_the_refused_batch_matmul(attention_tflite, tmp_path):
+    report = benchmark.benchmark({"attention": attention_tflite}, threads=[1, 2], runs=5, warmup=1)
+    (row,) = report["models"]
+    assert row["size_bytes"] == len(attention_tflite)
+    # 8x16x16 (queries) + 8x16x16 (keys) + 8x8x16 (scores) + 64x4 (head)
+    assert row["gmacs"] == pytest.approx((2048 + 2048 + 1024 + 256) / 1e9)
+    for threads in ("1", "2"):
+        timing = row["latency"][threads]
+        assert timing["runs"] == 5 and 0 < timing["min_ms"] <= timing["median_ms"]
+        assert timing["median_ms"] <= timing["p90_ms"]
+    xnnpack = row["xnnpack"]
+    assert xnnpack["fallback_by_name"].get("BATCH_MATMUL") == 1
+    assert sum(xnnpack["fallback_by_layer"].values()) == xnnpack["fallback_ops"]
+    (refusal,) = row["batch_matmul_refusals"]
+    assert "right-hand operand zero point -128" in refusal["reason"]
+    paths = benchmark.write_report(report, str(tmp_path), "bench")
+    assert [os.path.basename(p) for p in paths] == ["bench.md", "bench.json", "bench.png"]
+    assert json.loads(open(paths[1]).read())["models"][0]["name"] == "attention"
+    assert open(paths[2], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    text = open(paths[0]).read()
+    assert "| attention |" in text and "right-hand operand zero point -128" in text
+
+
+def test_command_writes_results_for_a_tflite_file(attention_tflite, tmp_path):
+    model = tmp_path / "attention.tflite"
+    model.write_bytes(attention_tflite)
+    script = os.path.join(os.path.dirname(sys.executable), "kvid-benchmark")
+    result = subprocess.run(
+        [script, "--threads=1", "--runs=3", f"--output_dir={tmp_path / 'out'}", "--name=b",
+         str(model)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "| attention |" in result.stdout
+    assert sorted(os.listdir(tmp_path / "out")) == ["b.json", "b.md", "b.png"]
+
+
+def test_unknown_model_names_itself():
+    with pytest.raises(ValueError, match="no_such_preset: neither a .tflite file nor a preset"):
+        benchmark.load_model("no_such_preset")
+    with pytest.raises(ValueError, match="missing.tflite: no such .tflite file"):
+        benchmark.load_model("missing.tflite")
