@@ -12,6 +12,7 @@ generated videos in `my_videos/`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -132,9 +133,8 @@ def test_readme_runnable_blocks_run_as_written(tmp_path):
     tiny_vmf.write_text(TINY_VMF_FLAGS)
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = str(REPO_ROOT)
 
-    ran = []
+    ran, outputs = [], {}
     for language, marker, code in readme_blocks():
         if language not in COMMAND_LANGUAGES or marker != RUNNABLE:
             continue
@@ -161,10 +161,14 @@ def test_readme_runnable_blocks_run_as_written(tmp_path):
             )
             assert "Traceback" not in result.stderr, f"{shown}\n{result.stderr[-3000:]}"
             ran.append(argv[-1])
+            outputs[argv[-1]] = result.stdout
 
     assert any("kvid-prepare" in command for command in ran)
     assert any(command.startswith("kvid-edgetpu-check") for command in ran)
-    assert any(command.startswith("kvid-classify") for command in ran)
+    (classified,) = [out for command, out in outputs.items() if command.startswith("kvid-classify")]
+    ranked = [line.split()[1] for line in classified.splitlines()[1:]]
+    labels = json.loads((work / "data" / "default" / "dataset.json").read_text())["classes"]
+    assert len(ranked) == 5 and set(ranked) <= set(labels), classified
     for run in ("vmf_tiny", "mine"):
         export = work / "runs" / run / "export"
         assert (export / "model_int8.tflite").stat().st_size > 0
