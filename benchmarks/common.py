@@ -6,11 +6,8 @@ Copied on purpose from tests/kvid/quantization/test_quantization.py (`smooth_cli
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -22,11 +19,13 @@ from kvid.backend import keras, tf
 
 # Timing, XNNPACK coverage and machine facts are kvid-benchmark's; the scripts use them from here.
 from kvid_tflite.benchmark import (  # noqa: F401
+    _version,
     cpu_model,
     load_average,
     time_invokes,
     xnnpack_fallback,
 )
+from kvid_tflite.benchmark import machine_info as benchmark_machine_info
 from kvid_tflite.convert import convert_keras_model
 from kvid_tflite.litert import TFLiteModel
 
@@ -146,24 +145,12 @@ def wait_for_idle(timeout_s: float, threshold: float = 0.9) -> dict[str, float]:
         time.sleep(4.0)
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict[str, Any]:
     """CPU, cores, date, library versions and load: the context every table needs."""
     return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "python": platform.python_version(),
+        **benchmark_machine_info(),
         "tensorflow": tf.__version__,
         "tf_keras": _version("tf_keras"),
-        "ai_edge_litert": _version("ai-edge-litert"),
-        "load_average_1_5_15min": load_average(),
     }
 
 

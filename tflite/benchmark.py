@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,7 +72,8 @@ def _version(distribution: str) -> str | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, cores, date, library versions and load: the context every timing needs."""
+    """CPU, cores, date, library versions and load: the context every timing needs (the
+    benchmark scripts add TensorFlow's own)."""
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -90,16 +90,7 @@ def machine_info() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 def time_invokes(runner: TFLiteModel, runs: int, warmup: int = 3, seed: int = 0) -> list[float]:
     """Wall time in ms of `runs` invokes on one random input (after `warmup` untimed ones)."""
-    video = np.random.default_rng(seed).random(runner.input_shape, dtype=np.float32)
-    model_input = runner.quantize_input(video)
-    for _ in range(warmup):
-        runner.invoke_raw(model_input)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner.invoke_raw(model_input)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
+    return runner.invoke_times(runs, warmup, seed)
 
 
 def latency(tflite_bytes: bytes, threads: int, runs: int, warmup: int = 5) -> dict[str, float]:

@@ -427,8 +427,8 @@ class TFLiteModel:
         ]
         return np.concatenate(outputs, axis=0)
 
-    def latency(self, runs: int = 20, warmup: int = 3, seed: int = 0) -> float:
-        """Median wall time of one invoke in milliseconds, on a random input."""
+    def invoke_times(self, runs: int = 20, warmup: int = 3, seed: int = 0) -> list[float]:
+        """Wall time in ms of `runs` invokes on one random input, after `warmup` untimed ones."""
         rng = np.random.default_rng(seed)
         video = rng.random(self.input_shape, dtype=np.float32)
         model_input = self.quantize_input(video)
@@ -439,7 +439,11 @@ class TFLiteModel:
             start = time.perf_counter()
             self.invoke_raw(model_input)
             times.append((time.perf_counter() - start) * 1000.0)
-        return float(statistics.median(times))
+        return times
+
+    def latency(self, runs: int = 20, warmup: int = 3, seed: int = 0) -> float:
+        """Median wall time of one invoke in milliseconds, on a random input."""
+        return float(statistics.median(self.invoke_times(runs, warmup, seed)))
 
     # --- introspection --------------------------------------------------------------------------
     def signature_list(self) -> dict[str, dict[str, list[str]]]:
