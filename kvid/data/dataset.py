@@ -142,25 +142,40 @@ def read_dataset_info(data_dir: str) -> dict:
 def write_shards(examples: Iterator[bytes], out_dir: str, split: str, num_shards: int) -> list[str]:
     """Writes serialized examples round-robin into `num_shards` shards; returns the shard paths.
 
-    Existing shards of the split are deleted first: a previous run with another shard count would
-    otherwise leave files that the split's glob pattern still matches (duplicated clips).
+    The shards are written under temporary names and renamed only once every example is written,
+    so a run that is killed or fails part-way never leaves a file that reads as a complete shard,
+    and the split's previous shards stay until then. Previous shards of the split are deleted
+    just before the rename: one with another shard count would otherwise leave files that the
+    split's glob pattern still matches (duplicated clips).
     """
     import tensorflow as tf
 
     os.makedirs(out_dir, exist_ok=True)
-    for stale in tf.io.gfile.glob(shard_pattern(out_dir, split)):
-        tf.io.gfile.remove(stale)
     paths = [
         os.path.join(out_dir, f"{split}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
         for i in range(num_shards)
     ]
-    writers = [tf.io.TFRecordWriter(path) for path in paths]
+    # Leftovers of an earlier run that was killed while writing.
+    for stale in tf.io.gfile.glob(os.path.join(out_dir, f"{split}-*-of-*{SHARD_SUFFIX}.partial")):
+        tf.io.gfile.remove(stale)
+    partial = [path + ".partial" for path in paths]
+    writers = [tf.io.TFRecordWriter(path) for path in partial]
     try:
         for i, example in enumerate(examples):
             writers[i % num_shards].write(example)
-    finally:
+    except BaseException:
         for writer in writers:
             writer.close()
+        for path in partial:
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.remove(path)
+        raise
+    for writer in writers:
+        writer.close()
+    for stale in tf.io.gfile.glob(shard_pattern(out_dir, split)):
+        tf.io.gfile.remove(stale)
+    for source, target in zip(partial, paths, strict=True):
+        tf.io.gfile.rename(source, target, overwrite=True)
     return paths
 
 
