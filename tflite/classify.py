@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from absl import flags
+from av.error import FFmpegError
 
 import kvid.cli
 from kvid.data import sampling
@@ -124,10 +125,8 @@ class Classifier:
                     size = sampling.eval_resize_size(frame.shape[:2], self.image_size)
                 resized.append(sampling.resize_frames(frame[None], size)[0])
             rate = video_frame_rate(video)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, FFmpegError) as error:  # FFmpegError: PyAV's own errors
             raise ValueError(f"{video}: cannot decode: {error}") from None
-        except Exception as error:  # PyAV's decoder errors
-            raise ValueError(f"{video}: cannot decode: {type(error).__name__}: {error}") from None
         return np.stack(resized), rate
 
     def scores(self, views: np.ndarray) -> tuple[np.ndarray, float]:

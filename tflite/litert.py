@@ -185,10 +185,11 @@ def embed_metadata(model_content: bytes, info: dict[str, Any] | None) -> bytes:
         for entry in (model.metadata or [])
         if (entry.name or b"").decode("utf-8", "replace") != METADATA_NAME
     ]
-    data = np.frombuffer(json.dumps(info, sort_keys=True).encode("utf-8"), np.uint8)
-    buffer = schema.BufferT()
-    buffer.data = data
+    data = b""
     if info is not None:
+        data = json.dumps(info, sort_keys=True).encode("utf-8")
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(data, np.uint8)
         model.buffers.append(buffer)
         entry = schema.MetadataT()
         entry.name = METADATA_NAME

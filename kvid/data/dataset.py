@@ -10,6 +10,7 @@ in label order, the clips of each split, order and flip pairs, the stored frame 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -185,8 +186,6 @@ def held_out_split(data_dir: str) -> str | None:
     A split counts when `dataset.json` lists clips for it or, without `dataset.json`, when its
     shards are on disk.
     """
-    import glob
-
     info_path = os.path.join(data_dir, DATASET_INFO)
     splits = read_dataset_info(data_dir).get("splits", {}) if os.path.exists(info_path) else None
     for split in ("test", "val"):
