@@ -4,6 +4,7 @@
   kvid-convert --workdir=/tmp/run --int8 --ptq      # PTQ even when export/qat exists
   kvid-convert --saved_model=DIR --data_dir=DATA --labels=labels.txt --float16
   kvid-convert --workdir=/tmp/run --int8 --input_layout=frame_stacked   # Edge TPU input
+  kvid-convert --workdir=/tmp/run --int8 --edgetpu  # the above + Edge TPU check and compile
 
 Writes, next to the `.tflite` (default `WORKDIR/export/model_{mode}.tflite`, `model_int8_ptq`
 with `--ptq`, a `_frame_stacked` suffix with `--input_layout=frame_stacked`): `<name>.json`
@@ -17,6 +18,13 @@ wrapped in a function that reshapes the stacked input back to the clip; a model 
 frame-stacks the clip (PosMLP-Video's `*_edgetpu` presets) loses both reshapes in conversion and
 keeps no 5-D tensor. Any other model keeps the wrapper's reshape and computes the same values.
 The report's `input.activations_over_3_dims` lists what 5-D activations remain.
+
+`--edgetpu` (with `--int8`) is the Coral form: frame-stacked input, batch 1, int8 I/O, written
+as `model_int8_edgetpu.tflite`; then the Edge TPU rule check (kvid_tflite.edgetpu) and, when
+`edgetpu_compiler` is on PATH, the compiler's own verdict per op type
+(kvid_tflite.edgetpu_compiler) go beside it as `<name>.edgetpu.json` and `<name>.edgetpu.md`.
+Without the compiler the report says the model was not compiled and how to install it; a
+compiler that refuses the model makes the command exit 1.
 
 `--int8` exits 1 with one line naming the first float op when the graph is not fully int8 with
 int8 I/O (docs/design.md section 3). The files are still written so that the audit can be read.
@@ -590,6 +598,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
         "_frame_stacked suffix).",
         **fv,
     )
+    flags.DEFINE_bool(
+        "edgetpu",
+        False,
+        "With --int8: the Coral Edge TPU form (frame-stacked input, batch 1, int8 I/O; output "
+        "model_int8_edgetpu.tflite), its rule check and, when edgetpu_compiler is on PATH, its "
+        "compilation, reported in <name>.edgetpu.json and .edgetpu.md.",
+        **fv,
+    )
     flags.DEFINE_string(
         "output", None, "Output .tflite (default WORKDIR/export/model_{mode}.tflite).", **fv
     )
@@ -683,6 +699,16 @@ def convert_from_flags(values: flags.FlagValues) -> int:
         raise app.UsageError("--ptq only applies to --int8")
     if values.saved_model and not values.data_dir:
         raise app.UsageError("--saved_model needs --data_dir (calibration and test clips)")
+    input_layout = values.input_layout
+    if values.edgetpu:
+        if mode != "int8":
+            raise app.UsageError("--edgetpu needs --int8 (the Edge TPU runs int8 models only)")
+        if values["input_layout"].present and input_layout != "frame_stacked":
+            raise app.UsageError(
+                "--edgetpu takes --input_layout=frame_stacked only (the Edge TPU takes no "
+                "tensor with 4 dimensions above 1)"
+            )
+        input_layout = "frame_stacked"
     # Everything a user gave is checked before TensorFlow loads.
     workdir = load_workdir(values.workdir) if values.workdir else None
     if workdir is not None:
@@ -721,8 +747,10 @@ def convert_from_flags(values: flags.FlagValues) -> int:
         export_dir = os.path.dirname(os.path.abspath(values.saved_model.rstrip("/")))
 
     name = f"model_{mode}" + ("_ptq" if values.ptq else "")
-    if values.input_layout != "clip":  # keeps the clip-layout export beside it
-        name += f"_{values.input_layout}"
+    if values.edgetpu:
+        name += "_edgetpu"
+    elif input_layout != "clip":  # keeps the clip-layout export beside it
+        name += f"_{input_layout}"
     output = values.output or os.path.join(export_dir, name + ".tflite")
     representative, test_clips = load_clip_sources(
         data_dir,
@@ -746,10 +774,23 @@ def convert_from_flags(values: flags.FlagValues) -> int:
         num_threads=values.num_threads,
         max_rmse_steps=values.max_rmse_steps,
         max_relative_rmse=values.max_relative_rmse,
-        input_layout=values.input_layout,
+        input_layout=input_layout,
         stored_frame_size=_stored_frame_size(data_dir),
     )
     print(summary(report))
+    if values.edgetpu:
+        from kvid_tflite import edgetpu_compiler
+
+        edgetpu = edgetpu_compiler.edgetpu_report(output)
+        print("\n".join(edgetpu_compiler.summary_lines(edgetpu)))
+        compiler = edgetpu["compiler"]
+        if compiler["available"] and not compiler["compiled"]:
+            print(
+                f"FAILURE: {edgetpu_compiler.COMPILER} did not compile {output}: "
+                f"{compiler['failure']} (see {edgetpu['markdown']})",
+                file=sys.stderr,
+            )
+            return 1
     if mode == "int8" and not report["audit"]["passed"]:
         num_float = report["audit"]["num_float_ops"]
         print(
