@@ -130,8 +130,7 @@ class MetricsLogger(keras.callbacks.Callback):
             "epoch_seconds": round(now - self._epoch_start, 3),
             "wall_time": now,
         }
-        with open(self.path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
+        _write_records(self.path, [*read_metrics(self.path), record])
         scalars = {"train": {"epoch_learning_rate": learning_rate}, "validation": {}}
         for key, value in metrics.items():
             if key.startswith("val_"):
@@ -218,5 +217,12 @@ def truncate_metrics(path: str, phase: str, last_step: int) -> None:
     records = read_metrics(path)
     kept = [r for r in records if r["phase"] != phase or r["step"] <= last_step]
     if len(kept) != len(records):
-        with open(path, "w", encoding="utf-8") as file:
-            file.writelines(json.dumps(record) + "\n" for record in kept)
+        _write_records(path, kept)
+
+
+def _write_records(path: str, records: list[dict[str, Any]]) -> None:
+    """Writes a metrics.jsonl file atomically (a killed run never leaves half a line)."""
+    tmp_path = path + ".tmp"
+    with open(tmp_path, "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(record) + "\n" for record in records)
+    os.replace(tmp_path, path)

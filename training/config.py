@@ -55,6 +55,11 @@ class TrainConfig:
       deterministic: deterministic tf.data order and TF ops (slower).
       checkpoint_every_steps: extra checkpoints every N steps inside an epoch; 0 = per epoch only.
       verbose: Keras `fit` verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+      mixed_precision: dtype policy of the float phase: "float32", "mixed_float16" or
+        "mixed_bfloat16" (QAT and the exports are always float32).
+      sync_batch_norm: batch norm statistics over the global batch instead of per replica.
+      auto_shard: how workers split the training files: "auto", "file" or "data"
+        (`distribute.shard_policy`).
     """
 
     preset: str
@@ -86,6 +91,10 @@ class TrainConfig:
     deterministic: bool
     checkpoint_every_steps: int
     verbose: int
+    # Fields added after the first release: the defaults are what earlier runs did.
+    mixed_precision: str = "float32"
+    sync_batch_norm: bool = False
+    auto_shard: str = "auto"
 
     @property
     def model_kwargs(self) -> dict[str, Any]:

@@ -9,15 +9,17 @@ WORKDIR/export/<phase>/ (see training/workdir.py for the whole layout).
 from __future__ import annotations
 
 import functools
+import glob
 import os
+from collections.abc import Callable
 
 import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
 import kvid
-from kvid.data import pipeline
-from kvid_training import callbacks, config, optimization, workdir
+from kvid.data import dataset, pipeline
+from kvid_training import callbacks, config, distribute, optimization, workdir
 
 
 def input_config(cfg: config.TrainConfig, *, training: bool, seed: int) -> pipeline.InputConfig:
@@ -47,16 +49,51 @@ def phase_checkpoint(
     model: keras.Model, optimizer: keras.optimizers.Optimizer, directory: str
 ) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager, tf.Variable]:
     """A phase's checkpoint (model, optimizer with its step counter, completed epochs), restored
-    from the latest one in `directory` if there is one.
+    from the newest readable one in `directory` if there is one.
+
+    A checkpoint that cannot be read (truncated or corrupt files, e.g. a disk that filled up or a
+    copy cut short) is skipped with a warning naming it, and the one before it is restored; the
+    manager then continues from there, and its next save replaces the skipped one.
 
     Returns:
-      (checkpoint, manager, epoch variable).
+      (checkpoint, manager, epoch variable); `manager.latest_checkpoint` is the restored one, or
+      None when the phase starts from scratch.
+
+    Raises:
+      ValueError: none of the phase's checkpoints can be read.
     """
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    candidates = list(reversed(manager.checkpoints))
+    for position, path in enumerate(candidates):
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as error:
+            reason = " ".join(str(error).split())[:200]
+            fallback = candidates[position + 1] if position + 1 < len(candidates) else None
+            logging.warning(
+                "checkpoint %s cannot be read (%s: %s); %s",
+                path,
+                type(error).__name__,
+                reason,
+                f"restoring the previous one, {fallback}" if fallback else "none is left",
+            )
+            continue
+        if position:
+            # The checkpoint state file forgets the unreadable ones, so the manager (recreated
+            # from it) continues from the restored checkpoint.
+            kept = list(reversed(candidates[position:]))
+            tf.compat.v1.train.update_checkpoint_state(
+                directory, model_checkpoint_path=path, all_model_checkpoint_paths=kept
+            )
+            manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
+        return checkpoint, manager, epoch
+    if candidates:
+        raise ValueError(
+            f"{directory}: none of the checkpoints {', '.join(candidates)} can be read; "
+            "delete the folder to start the phase again"
+        )
     return checkpoint, manager, epoch
 
 
@@ -69,6 +106,7 @@ def run_phase(
     learning_rate: float,
     warmup_steps: int,
     eval_data: tf.data.Dataset,
+    strategy: tf.distribute.Strategy,
 ) -> None:
     """Trains `model` for the phase's remaining steps, resuming from its latest checkpoint.
 
@@ -76,47 +114,66 @@ def run_phase(
     WORKDIR/checkpoints/<phase>/ and is numbered by the optimizer step. A restored step
     counter also restores the learning rate schedule's position; `config.plan_fit_calls` splits
     the rest into `fit` calls so the phase ends after exactly `total_steps` optimizer steps.
+
+    The phase's training clips are one stream that depends only on the seed, and a resumed phase
+    skips the clips of the steps already taken, so a run killed mid-epoch continues with the
+    batch it would have trained on next (in `--deterministic` mode, the very same batches).
+
+    `model` must have been created under `strategy.scope()`; the optimizer and the checkpoint
+    are created here under it too. Only the chief logs metrics; every worker validates and saves
+    checkpoints (into its own `cfg.workdir`).
     """
-    optimizer = optimization.create_optimizer(
-        model,
-        learning_rate=learning_rate,
-        total_steps=total_steps,
-        warmup_steps=warmup_steps,
-        weight_decay=cfg.weight_decay,
-        grad_clip_norm=cfg.grad_clip_norm,
-    )
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(
-            from_logits=True, label_smoothing=cfg.label_smoothing
-        ),
-        metrics=["accuracy"],
-    )
-    _, manager, epoch = phase_checkpoint(
-        model, optimizer, workdir.path(cfg.workdir, "checkpoints", phase)
-    )
+    chief = distribute.is_chief(strategy)
+    with strategy.scope():
+        optimizer = optimization.create_optimizer(
+            model,
+            learning_rate=learning_rate,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            weight_decay=cfg.weight_decay,
+            grad_clip_norm=cfg.grad_clip_norm,
+        )
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(
+                from_logits=True, label_smoothing=cfg.label_smoothing
+            ),
+            metrics=["accuracy"],
+        )
+        _, manager, epoch = phase_checkpoint(
+            model, optimizer, workdir.path(cfg.workdir, "checkpoints", phase)
+        )
     if manager.latest_checkpoint:
         logging.info(
             "%s: resumed from %s (step %d, epoch %d)",
             phase,
             manager.latest_checkpoint,
-            int(optimizer.iterations),
-            int(epoch),
+            int(optimizer.iterations.numpy()),
+            int(epoch.numpy()),
         )
-    start_step = int(optimizer.iterations)
+    start_step = int(optimizer.iterations.numpy())
     metrics_path = workdir.path(cfg.workdir, "metrics.jsonl")
-    callbacks.truncate_metrics(metrics_path, phase, start_step)
+    if chief:
+        callbacks.truncate_metrics(metrics_path, phase, start_step)
     if start_step >= total_steps:
         logging.info("%s: all %d steps done.", phase, total_steps)
         return
 
-    phase_callbacks = [
-        callbacks.MultiViewValidation(eval_data, cfg.label_smoothing),
-        callbacks.MetricsLogger(
-            metrics_path, phase, workdir.path(cfg.workdir, "tensorboard", phase)
-        ),
-        callbacks.CheckpointSaver(manager, epoch, cfg.steps_per_epoch, cfg.checkpoint_every_steps),
+    # Every worker validates: under a multi-worker strategy, reading batch norm's moving
+    # statistics outside a replica is a collective op that all workers must run together. Only
+    # the chief logs the result.
+    phase_callbacks: list[keras.callbacks.Callback] = [
+        callbacks.MultiViewValidation(eval_data, cfg.label_smoothing)
     ]
+    if chief:
+        phase_callbacks.append(
+            callbacks.MetricsLogger(
+                metrics_path, phase, workdir.path(cfg.workdir, "tensorboard", phase)
+            )
+        )
+    phase_callbacks.append(
+        callbacks.CheckpointSaver(manager, epoch, cfg.steps_per_epoch, cfg.checkpoint_every_steps)
+    )
     logging.info(
         "%s: steps %d -> %d (%d per epoch), peak learning rate %g",
         phase,
@@ -126,23 +183,34 @@ def run_phase(
         learning_rate,
     )
 
+    num_files = len(glob.glob(dataset.shard_pattern(cfg.data_dir, "train")))
+    policy = distribute.shard_policy(cfg.auto_shard, num_files, strategy, "train")
+    # Clips of this worker's stream per optimizer step: with file sharding every worker reads
+    # its own files and takes its share of the global batch from them; otherwise every worker
+    # walks the whole stream and keeps its share.
+    clips_per_step = cfg.batch_size
+    if policy == tf.data.experimental.AutoShardPolicy.FILE:
+        clips_per_step //= distribute.num_workers(strategy)
+    step = start_step
     for initial_epoch, epochs, steps in config.plan_fit_calls(
         start_step, total_steps, cfg.steps_per_epoch
     ):
-        # A new seed per call: a resumed run does not replay the clips of the first epochs.
         train_data = pipeline.train_dataset(
-            input_config(cfg, training=True, seed=cfg.seed + initial_epoch), split="train"
+            input_config(cfg, training=True, seed=cfg.seed),
+            split="train",
+            skip_clips=step * clips_per_step,
         )
         # One-hot labels: CategoricalCrossentropy applies the label smoothing.
         train_data = train_data.map(functools.partial(_one_hot_labels, num_classes=cfg.num_classes))
         model.fit(
-            train_data,
+            distribute.with_shard_policy(train_data, policy),
             initial_epoch=initial_epoch,
             epochs=epochs,
             steps_per_epoch=steps,
             callbacks=phase_callbacks,
-            verbose=cfg.verbose,
+            verbose=cfg.verbose if chief else 0,
         )
+        step += (epochs - initial_epoch) * steps
 
 
 def export_phase(cfg: config.TrainConfig, phase: str, model: keras.Model) -> None:
@@ -156,30 +224,66 @@ def export_phase(cfg: config.TrainConfig, phase: str, model: keras.Model) -> Non
     logging.info("%s: exported %s", phase, workdir.path(cfg.workdir, "export", phase))
 
 
-def train(cfg: config.TrainConfig, float_model: keras.Model) -> None:
+def _float32_output(model: keras.Model) -> keras.Model:
+    """A mixed-precision classifier with its logits cast to float32 for the loss."""
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits_float32")(model.output)
+    return keras.Model(model.input, logits, name=model.name)
+
+
+def train(
+    cfg: config.TrainConfig,
+    float_model: keras.Model,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    build_float32: Callable[[], keras.Model] | None = None,
+) -> None:
     """Float phase, its export, QAT phase, its export, the training curve. Resumable.
 
     Args:
       cfg: the run's config.
-      float_model: the freshly built float classifier (`build_model`), seeded.
+      float_model: the freshly built float classifier (`build_model`), seeded, created under
+        `strategy.scope()` and, with `cfg.mixed_precision`, under that dtype policy.
+      strategy: the distribution strategy (default: the default strategy).
+      build_float32: with `cfg.mixed_precision`, builds the same classifier in float32 (called
+        under the float32 policy): the float weights are copied into it for the float export
+        and for QAT, which always run in float32.
     """
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribute.is_chief(strategy)
     eval_data = pipeline.eval_dataset(input_config(cfg, training=False, seed=cfg.seed), split="val")
+    mixed = cfg.mixed_precision != "float32"
+    with strategy.scope():
+        training_model = _float32_output(float_model) if mixed else float_model
+        if cfg.sync_batch_norm:
+            distribute.synchronize_batch_norm(training_model)
     run_phase(
         cfg,
         "float",
-        float_model,
+        training_model,
         total_steps=cfg.float_steps,
         learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps,
         eval_data=eval_data,
+        strategy=strategy,
     )
+    if mixed:
+        if build_float32 is None:
+            raise ValueError("train: cfg.mixed_precision needs build_float32")
+        keras.mixed_precision.set_global_policy("float32")
+        with strategy.scope():
+            float32_model = build_float32()
+            float32_model.set_weights(float_model.get_weights())
+        float_model = float32_model
     if not workdir.export_complete(cfg.workdir, "float"):
         export_phase(cfg, "float", float_model)
 
     if cfg.qat_steps > 0:
         # QAT starts from the final float weights (restored above when the float phase was
         # finished by an earlier run); a QAT checkpoint, if any, then overrides them.
-        qat_model = kvid.quantization.quantize_model(float_model)
+        with strategy.scope():
+            qat_model = kvid.quantization.quantize_model(float_model)
+            if cfg.sync_batch_norm:
+                distribute.synchronize_batch_norm(qat_model)
         run_phase(
             cfg,
             "qat",
@@ -188,10 +292,13 @@ def train(cfg: config.TrainConfig, float_model: keras.Model) -> None:
             learning_rate=cfg.qat_learning_rate,
             warmup_steps=0,
             eval_data=eval_data,
+            strategy=strategy,
         )
         if not workdir.export_complete(cfg.workdir, "qat"):
             export_phase(cfg, "qat", qat_model)
 
+    if not chief:
+        return
     records = callbacks.read_metrics(workdir.path(cfg.workdir, "metrics.jsonl"))
     workdir.plot_training_curve(records, workdir.path(cfg.workdir, "training_curve.png"))
     for phase in ("float", "qat"):

@@ -602,6 +602,23 @@ def generate(
     return dataset.read_dataset_info(out_dir)
 
 
+def default_dataset_ready(data_dir: str, seed: int = 0, scale: float = 1.0) -> bool:
+    """Whether `data_dir` holds the complete default dataset of this seed and scale.
+
+    `dataset.json` is written last, so its presence with the expected generator metadata means
+    the shards are complete.
+    """
+    info_path = os.path.join(data_dir, dataset.DATASET_INFO)
+    if not os.path.exists(info_path):
+        return False
+    try:
+        info = dataset.read_dataset_info(data_dir)
+    except (OSError, ValueError):  # being replaced right now
+        return False
+    expected = _generator_metadata(seed, scale, SPLIT_SIZES, NUM_FRAMES, FRAME_SIZE)
+    return info.get("generator") == expected and list(info["classes"]) == list(CLASSES)
+
+
 def ensure_default_dataset(data_dir: str, seed: int = 0, scale: float = 1.0) -> str:
     """Returns `data_dir` holding the default synthetic dataset, generating it if needed.
 

@@ -13,6 +13,7 @@ training/workdir.py for the layout that kvid-convert and kvid-eval read.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -43,6 +44,8 @@ DEFAULT_DATA_DIR = "data/default"
 # Durations when neither the epochs nor the steps flag of a phase is given.
 DEFAULT_EPOCHS = 10.0
 DEFAULT_QAT_EPOCHS = 2.0
+# How long a non-chief worker waits for the chief to generate the default dataset.
+DATASET_WAIT_SECONDS = 1800
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
@@ -173,6 +176,48 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
         "Keras fit output: 0 silent, 1 progress bar, 2 a line per epoch.",
         lower_bound=0,
         upper_bound=2,
+        **fv,
+    )
+    # Distribution (training/distribute.py).
+    flags.DEFINE_enum(
+        "strategy",
+        "default",
+        ["default", "mirrored", "multi_worker", "tpu"],
+        "tf.distribute strategy: one device, all local GPUs, the workers of TF_CONFIG, or a TPU. "
+        "--batch_size is the global batch.",
+        **fv,
+    )
+    flags.DEFINE_string("tpu", None, "--strategy=tpu: TPU name or grpc:// address (local).", **fv)
+    flags.DEFINE_integer(
+        "num_cpu_devices",
+        0,
+        "Split the CPU into N logical devices (replicas of --strategy=mirrored without GPUs).",
+        lower_bound=0,
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "sync_batch_norm", False, "Batch norm statistics over the global batch.", **fv
+    )
+    flags.DEFINE_enum(
+        "auto_shard",
+        "auto",
+        ["auto", "file", "data"],
+        "How workers split the training data: by file (each reads its own shard files), by "
+        "element, or auto (file when every worker gets a file).",
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "mixed_precision",
+        "float32",
+        ["float32", "mixed_float16", "mixed_bfloat16"],
+        "Dtype policy of the float phase; QAT and the exports stay float32.",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "generate_dataset",
+        False,
+        "Generate the embedded default dataset into --data_dir when it holds none (always on "
+        f"for {DEFAULT_DATA_DIR}).",
         **fv,
     )
     flags.mark_flag_as_required("workdir", flag_values=flag_values)
@@ -334,6 +379,9 @@ def config_from_flags(
         deterministic=fv.deterministic,
         checkpoint_every_steps=fv.checkpoint_every_steps,
         verbose=fv.verbose,
+        mixed_precision=fv.mixed_precision,
+        sync_batch_norm=fv.sync_batch_norm,
+        auto_shard=fv.auto_shard,
     )
 
 
@@ -352,27 +400,51 @@ def _preset_fields(name: str) -> dict[str, Any]:
     return fields
 
 
-def _ensure_data_dir(data_dir: str, dataset_seed: int, dataset_scale: float) -> None:
+def _ensure_data_dir(
+    data_dir: str,
+    dataset_seed: int,
+    dataset_scale: float,
+    *,
+    generate: bool = False,
+    chief: bool = True,
+) -> None:
     """Generates the default dataset on first use; any other data_dir must be prepared.
 
-    For the default folder `synthetic.ensure_default_dataset` runs every time: it returns at once
-    when the dataset there matches --dataset_seed / --dataset_scale, and regenerates it otherwise.
+    The default folder gets the embedded default dataset: on the chief
+    `synthetic.ensure_default_dataset` runs every time (it returns at once when the dataset there
+    matches --dataset_seed / --dataset_scale, and regenerates it otherwise). With `generate`, any
+    other folder that holds no dataset gets it too (one that holds one is used as it is). The
+    other workers of a multi-worker run wait until the chief has written it instead of racing
+    it.
     """
     from kvid_training import synthetic
 
-    if os.path.normpath(data_dir) != os.path.normpath(DEFAULT_DATA_DIR):
-        if not os.path.exists(os.path.join(data_dir, dataset.DATASET_INFO)):
+    default = os.path.normpath(data_dir) == os.path.normpath(DEFAULT_DATA_DIR)
+    if not default:
+        if os.path.exists(os.path.join(data_dir, dataset.DATASET_INFO)):
+            return
+        if not generate:
             raise app.UsageError(
                 f"--data_dir={data_dir}: no prepared dataset there ({dataset.DATASET_INFO} "
-                f"missing); prepare videos with kvid-prepare, or leave --data_dir at "
-                f"{DEFAULT_DATA_DIR} for the generated default dataset"
+                f"missing); prepare videos with kvid-prepare, add --generate_dataset for the "
+                f"embedded default dataset, or leave --data_dir at {DEFAULT_DATA_DIR}"
             )
+    if not chief:
+        deadline = time.time() + DATASET_WAIT_SECONDS
+        while not synthetic.default_dataset_ready(data_dir, dataset_seed, dataset_scale):
+            if time.time() > deadline:
+                raise app.UsageError(
+                    f"--data_dir={data_dir}: the chief has not written the default dataset "
+                    f"after {DATASET_WAIT_SECONDS} s; is the chief running with the same "
+                    "--data_dir on a filesystem this worker shares?"
+                )
+            time.sleep(1.0)
         return
     if not os.path.exists(os.path.join(data_dir, dataset.DATASET_INFO)):
         logging.info("Generating the default dataset in %s (first run only).", data_dir)
     try:
         synthetic.ensure_default_dataset(data_dir, seed=dataset_seed, scale=dataset_scale)
-    except ValueError as error:  # another dataset sits in the default folder
+    except ValueError as error:  # another dataset sits in the folder
         raise app.UsageError(f"--data_dir={data_dir}: {error}") from error
 
 
@@ -425,40 +497,69 @@ def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
     import tensorflow as tf
     import tf_keras as keras
 
-    from kvid_training import loop, workdir
+    from kvid_training import distribute, loop, workdir
 
     started = time.time()
+    if FLAGS.num_cpu_devices:
+        distribute.split_cpu(FLAGS.num_cpu_devices)  # before TensorFlow creates its devices
+    try:
+        strategy = distribute.create_strategy(FLAGS.strategy, FLAGS.tpu)
+    except distribute.StrategyError as error:
+        raise app.UsageError(str(error)) from error
+    chief = distribute.is_chief(strategy)
+    # The chief writes into --workdir; the other workers into a temporary folder of their own.
+    out_dir = distribute.output_dir(os.path.abspath(FLAGS.workdir), strategy)
     lines = flag_lines(FLAGS, flag_names)
-    flags_path = workdir.path(FLAGS.workdir, "flags.txt")
+    flags_path = workdir.path(out_dir, "flags.txt")
     try:
         workdir.check_same_run(flags_path, lines)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     preset_fields = _preset_fields(FLAGS.preset)
-    _ensure_data_dir(FLAGS.data_dir, FLAGS.dataset_seed, FLAGS.dataset_scale)
+    _ensure_data_dir(
+        FLAGS.data_dir,
+        FLAGS.dataset_seed,
+        FLAGS.dataset_scale,
+        generate=FLAGS.generate_dataset,
+        chief=chief,
+    )
     info = dataset.read_dataset_info(FLAGS.data_dir)
     try:
         cfg = config_from_flags(FLAGS, preset_fields=preset_fields, dataset_info=info)
+        distribute.check_global_batch(cfg.batch_size, strategy, "--batch_size")
     except ValueError as error:
         raise app.UsageError(str(error)) from error
+    cfg = dataclasses.replace(cfg, workdir=out_dir)
+    logging.info(
+        "%s strategy: %d replica(s), %d clips per replica per step%s",
+        FLAGS.strategy,
+        strategy.num_replicas_in_sync,
+        cfg.batch_size // strategy.num_replicas_in_sync,
+        "" if chief else f"; this worker writes to {out_dir}",
+    )
     # Seeded before the model is built, so its initial weights follow --seed.
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    if cfg.mixed_precision != "float32":
+        keras.mixed_precision.set_global_policy(cfg.mixed_precision)
     # Built before anything is written: a rejected size must not leave a workdir behind
     # whose flags.txt would block the corrected command.
-    float_model = build_model(cfg, _blamed_fields(FLAGS))
+    blame = _blamed_fields(FLAGS)
+    with strategy.scope():
+        float_model = build_model(cfg, blame)
     os.makedirs(cfg.workdir, exist_ok=True)
-    with open(flags_path, "w", encoding="utf-8") as file:
-        file.write(
-            workdir.format_flagfile(
-                lines,
-                "Resolved flags of this run, written by training/train.py.\n"
-                f"Replay: python training/train.py --flagfile={flags_path}",
-            )
-        )
+    workdir.write_text(
+        flags_path,
+        workdir.format_flagfile(
+            lines,
+            "Resolved flags of this run, written by training/train.py.\n"
+            f"Replay: python training/train.py --flagfile={flags_path}",
+        ),
+    )
     workdir.write_run_files(cfg, preset_fields, info)
-    loop.train(cfg, float_model)
+    loop.train(cfg, float_model, strategy=strategy, build_float32=lambda: build_model(cfg, blame))
+    distribute.remove_worker_dir(os.path.abspath(FLAGS.workdir), strategy)
     logging.info("Done in %.1f min; outputs in %s", (time.time() - started) / 60, FLAGS.workdir)
 
 

@@ -10,8 +10,11 @@ WORKDIR/training_curve.png   loss / accuracy curves of both phases
 ```
 plus what the deploy tools read, `model.json`, `label_map.json` and `export/` (the contract in
 `kvid.data.workdir`).
-Exports are written to a temporary name and renamed, so an existing export is always complete:
-a resumed run uses `export/float/` as the marker that the float phase is finished.
+Every file is written to a temporary name and renamed, so a killed run never leaves a partial one:
+an existing export is complete, and a resumed run uses `export/float/` as the marker that the
+float phase is finished. (TensorBoard event files are appended to by TensorFlow; checkpoints are
+written by `tf.train.CheckpointManager`, which renames them into place and updates its state file
+last.)
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ from kvid.data.workdir import (
 from kvid_training import config
 
 # Flags that do not change what a run computes: a re-run may change them and still resume.
-_FLAGS_IGNORED_FOR_RESUME = frozenset({"verbose", "checkpoint_every_steps", "workdir"})
+# The strategy too: a run checkpointed on one device may resume on several, and the other way round
+# (the global batch, which the data order depends on, is compared).
+_FLAGS_IGNORED_FOR_RESUME = frozenset(
+    {"verbose", "checkpoint_every_steps", "workdir", "strategy", "tpu", "num_cpu_devices"}
+)
 
 
 def path(workdir: str, *parts: str) -> str:
@@ -74,6 +81,14 @@ def write_run_files(
             data_dir=cfg.data_dir,
         ),
     )
+
+
+def write_text(file_path: str, text: str) -> None:
+    """Writes a text file atomically (temporary file, then rename)."""
+    tmp_path = file_path + ".tmp"
+    with open(tmp_path, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(tmp_path, file_path)
 
 
 def format_flagfile(lines: Sequence[str], header: str) -> str:
@@ -188,5 +203,7 @@ def plot_training_curve(records: Sequence[Mapping[str, Any]], png_path: str) -> 
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(png_path, dpi=100)
+    tmp_path = png_path[: -len(".png")] + ".tmp.png"
+    figure.savefig(tmp_path, dpi=100)
     plt.close(figure)
+    os.replace(tmp_path, png_path)

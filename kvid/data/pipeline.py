@@ -293,12 +293,17 @@ def _eval_element(config: InputConfig, serialized: tf.Tensor):
 
 
 def train_dataset(
-    config: InputConfig, split: str = "train", repeat: bool = True
+    config: InputConfig, split: str = "train", repeat: bool = True, skip_clips: int = 0
 ) -> tf.data.Dataset:
     """Shuffled, augmented training batches `(video (B, T, H, W, 3) float32, label (B,) int32)`.
 
     The last partial batch is dropped. With `repeat`, the stream is endless and the shuffle
     buffer mixes across epoch boundaries.
+
+    `skip_clips` starts the stream that many clips in, as if they had been read: a training run
+    that resumes at step s passes s x batch size and continues with the clips it would have read
+    next (the same clips, crops and flips in deterministic mode). Skipped records are read but
+    not decoded.
     """
     files, num_files = _shard_files(config.data_dir, split)
     info = _dataset_info(config.data_dir)
@@ -319,9 +324,11 @@ def train_dataset(
     records = records.shuffle(
         config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=not deterministic
     )
+    if skip_clips:
+        records = records.skip(skip_clips)
     # Element indices seed the stateless augmentation (they keep growing across epochs, so every
     # epoch gets new crops).
-    dataset = records.enumerate().map(
+    dataset = records.enumerate(start=skip_clips).map(
         functools.partial(_train_element, config, flip_tables),
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,

@@ -29,8 +29,18 @@ def build_sublayer(layer: keras.layers.Layer, input_shape) -> None:
 
 
 def create_range_variables(layer: keras.layers.Layer, name: str) -> dict[str, tf.Variable]:
-    """Creates the min/max (and initialised flag) variables of one quantization point."""
-    kwargs = dict(shape=(), trainable=False, initializer="zeros")
+    """Creates the min/max (and initialised flag) variables of one quantization point.
+
+    Under a distribution strategy every replica computes the same new range (the batch range is
+    reduced over all replicas first, see `fake_quant_with_range`), so the first replica's value is
+    the one kept.
+    """
+    kwargs = dict(
+        shape=(),
+        trainable=False,
+        initializer="zeros",
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )
     return {
         "min": layer.add_weight(name=f"{name}_min", **kwargs),
         "max": layer.add_weight(name=f"{name}_max", **kwargs),
@@ -41,11 +51,14 @@ def create_range_variables(layer: keras.layers.Layer, name: str) -> dict[str, tf
 def fake_quant_with_range(x, variables: dict[str, tf.Variable], training) -> tf.Tensor:
     """Fake-quantizes `x` to 8 bits with an EMA-tracked range (updated only when training).
 
-    The range always contains 0 (int8 zero points must be exact).
+    The range always contains 0 (int8 zero points must be exact). Under a distribution strategy
+    the batch range is the range of the global batch (gathered from all replicas), so training on
+    several replicas tracks the same range as one device with the same global batch.
     """
     if training:
         batch_min = tf.minimum(tf.reduce_min(x), 0.0)
         batch_max = tf.maximum(tf.reduce_max(x), 0.0)
+        batch_min, batch_max = _global_range(batch_min, batch_max)
         init = variables["initialized"]
         decay = RANGE_EMA_DECAY * init  # 0 on the first batch: take the batch range as is
         new_min = decay * variables["min"] + (1.0 - decay) * batch_min
@@ -60,6 +73,16 @@ def fake_quant_with_range(x, variables: dict[str, tf.Variable], training) -> tf.
     return tf.quantization.fake_quant_with_min_max_vars(
         x, variables["min"], variables["max"], num_bits=8
     )
+
+
+def _global_range(batch_min: tf.Tensor, batch_max: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The (min, max) over all replicas of a strategy (unchanged on one replica)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return batch_min, batch_max
+    gathered = context.all_gather(tf.stack([batch_min, -batch_max])[None], axis=0)
+    reduced = tf.reduce_min(gathered, axis=0)
+    return reduced[0], -reduced[1]
 
 
 def fake_quant_softmax(x) -> tf.Tensor:
