@@ -1,13 +1,21 @@
-"""Videos + CSV manifest -> TFRecord shards of `tf.train.SequenceExample` with one JPEG per frame.
+"""Users' videos -> TFRecord shards of `tf.train.SequenceExample` with one JPEG per frame.
 
 This is the Model Garden / DMVR format (`official/vision/dataloaders/video_input.py`) that
 `pipeline.py` reads: context `clip/label/index`, `clip/label/text`, `clip/id`, `clip/num_frames`,
 and the feature list `image/encoded`. The embedded synthetic dataset goes through exactly this code.
 
-A manifest is a CSV with a header `path,label` (and optionally `id`); relative paths resolve
-against the CSV's folder. Example:
+The videos of a split come from one of:
+  --csv=F                       a CSV with a header `path,label` (optionally `id`, and `start,end`
+                                in seconds to cut each video, the Kinetics layout); relative paths
+                                resolve against the CSV's folder
+  --folder=DIR                  one sub-folder per class (sorted names = class order)
+  --ssv2_json=F --video_dir=D   Something-Something v2: labels.json beside F gives the classes
+
+Every input ends either in a shard or in `<split>-failures.json` with the reason. Running the
+same command again keeps the shards that are finished and redoes the others. Examples:
 
     kvid-prepare --csv=/data/clips/train.csv --out_dir=/data/kvid --split=train
+    kvid-prepare --folder=/data/by_class --out_dir=/data/kvid --split=train --fps=10
 
 Preparing several splits into one `out_dir` keeps one `dataset.json` describing all of them.
 """
@@ -15,12 +23,14 @@ Preparing several splits into one `out_dir` keeps one `dataset.json` describing 
 from __future__ import annotations
 
 import contextlib
-import csv
+import glob
+import hashlib
 import json
 import math
 import multiprocessing
 import multiprocessing.pool
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -28,14 +38,18 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+import kvid.cli
 from kvid.data.dataset import (
     DATASET_INFO,
     encode_clip,
     read_dataset_info,
+    shard_path,
+    shard_pattern,
     write_dataset_info,
-    write_shards,
 )
-from kvid.data.video import decode_frames, encode_jpeg
+from kvid.data.video import DecodeError, decode_frames, encode_jpeg
+from kvid_training.inputs import Inputs, read_folder, read_manifest, read_ssv2
+from kvid_training.worker_pool import WorkerPool, default_num_workers
 
 # TensorFlow is never imported here: the decode workers are spawned processes that import this
 # module, and loading TensorFlow there would cost seconds per worker.
@@ -79,70 +93,149 @@ def map_in_processes(
         )
 
 
-def read_manifest(
-    csv_path: str, classes: Sequence[str] | None = None
-) -> tuple[list[dict], list[str]]:
-    """Reads a `path,label[,id]` CSV; returns (rows, classes).
-
-    Each row has `line`, `path` (resolved against the CSV's folder), `label_index`, `label` and
-    `id` (the `id` column, else the path as written). Without `classes`, the sorted set of labels
-    in the CSV is used; with it, an unknown label is an error naming the file and line.
-    """
-    base = os.path.dirname(os.path.abspath(csv_path))
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = {"path", "label"} - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(
-                    f"{csv_path}: the header must name the columns path,label (optionally id); "
-                    f"missing {sorted(missing)}, found {reader.fieldnames}."
-                )
-            records = [(reader.line_num, record) for record in reader]
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise ValueError(f"{csv_path}: not a UTF-8 CSV manifest ({error}).") from None
-    except IsADirectoryError:
-        raise ValueError(f"{csv_path}: a directory, not a CSV manifest.") from None
-    if classes is None:
-        classes = sorted({record["label"] for _, record in records})
-    classes = list(classes)
-    index = {name: i for i, name in enumerate(classes)}
-    rows = []
-    for line, record in records:
-        path, label = (record["path"] or "").strip(), (record["label"] or "").strip()
-        if not path:
-            raise ValueError(f"{csv_path}, line {line}: empty path.")
-        if not label:
-            raise ValueError(f"{csv_path}, line {line}: empty label (every video needs a class).")
-        if label not in index:
-            raise ValueError(
-                f"{csv_path}, line {line}: unknown label {label!r}; known classes: {classes}."
-            )
-        clip_id = (record.get("id") or "").strip() or path
-        rows.append(
-            dict(
-                line=line,
-                path=os.path.join(base, path),
-                label_index=index[label],
-                label=label,
-                id=clip_id,
-            )
-        )
-    return rows, classes
+# A SequenceExample must stay under protobuf's 2 GB; a clip this large means the video needed
+# --max_seconds, --fps or --frame_size.
+_MAX_CLIP_BYTES = 1 << 30
 
 
 def _load_clip(job: tuple) -> tuple[list[bytes] | None, list[int] | None, str | None]:
-    """Worker: decodes and JPEG-encodes one video; returns (jpegs, [height, width], error)."""
-    path, frame_size, max_frames, quality = job
+    """Worker: decodes and JPEG-encodes one video; returns (jpegs, [height, width], reason).
+
+    Frames are encoded as they are decoded, so only the JPEGs of a clip are ever held.
+    """
+    path, start, end, options = job
+    frame_size, max_frames, fps, max_seconds, quality = options
+    jpegs, size, total = [], None, 0
     try:
-        frames = list(decode_frames(path, frame_size, max_frames))
-        return encode_jpeg(frames, quality), list(frames[0].shape[:2]), None
-    except Exception as error:  # noqa: BLE001 -- any failure is reported per clip, not fatal
-        return None, None, f"{type(error).__name__}: {error}"
+        frames = decode_frames(
+            path, frame_size, max_frames, fps=fps, start=start, end=end, max_seconds=max_seconds
+        )
+        for frame in frames:
+            jpegs.extend(encode_jpeg([frame], quality))
+            size = size or list(frame.shape[:2])
+            total += len(jpegs[-1])
+            if total > _MAX_CLIP_BYTES:
+                frames.close()
+                return (
+                    None,
+                    None,
+                    (
+                        f"clip larger than {_MAX_CLIP_BYTES >> 20} MB after {len(jpegs)} frames; "
+                        "limit it with --max_seconds, --fps or --frame_size"
+                    ),
+                )
+    except DecodeError as error:
+        return None, None, str(error)
+    return jpegs, size, None
+
+
+def shard_inputs(rows: Sequence[dict], num_shards: int, shuffle_seed: int | None) -> list[list]:
+    """The rows of each shard: shuffled with `shuffle_seed` (None = input order), then dealt
+    round-robin. Shard i of one machine's run holds exactly what shard i of a one-machine run
+    holds, which is what lets `--shard_index` split a job across machines.
+    """
+    order = range(len(rows))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(rows))
+    ordered = [rows[i] for i in order]
+    return [ordered[i::num_shards] for i in range(num_shards)]
+
+
+def _fingerprint(rows: Sequence[dict], classes: Sequence[str], settings: dict) -> str:
+    """What a finished shard depends on: the inputs (with their sizes) and every setting."""
+
+    def size(path: str) -> int:
+        try:
+            return os.path.getsize(path)
+        except OSError:
+            return -1
+
+    listing = [
+        [row["path"], size(row["path"]), row["label_index"], row["id"], row["start"], row["end"]]
+        for row in rows
+    ]
+    text = json.dumps([listing, list(classes), settings], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def count_records(path: str) -> int | None:
+    """Records in a TFRecord file, read from its framing alone; None if the file is cut short."""
+    count, size = 0, os.path.getsize(path)
+    with open(path, "rb") as f:
+        offset = 0
+        while offset < size:
+            header = f.read(12)  # uint64 length, uint32 CRC of the length
+            if len(header) < 12:
+                return None
+            length = struct.unpack("<Q", header[:8])[0]
+            offset += 12 + length + 4  # data, uint32 CRC of the data
+            if offset > size:
+                return None
+            f.seek(offset)
+            count += 1
+    return count
+
+
+def _state_path(shard: str) -> str:
+    return shard + ".json"
+
+
+def _finished_state(shard: str, fingerprint: str) -> dict | None:
+    """The state of a shard written by a run of the same job, None unless the shard is whole."""
+    try:
+        with open(_state_path(shard), encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("fingerprint") != fingerprint or os.path.getsize(shard) != state["bytes"]:
+            return None
+        return state if count_records(shard) == state["num_clips"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def failures_path(out_dir: str, split: str, shard_index: int | None, num_shards: int) -> str:
+    """`{split}-failures.json`; one machine's share of a split has its own file."""
+    if shard_index is None:
+        return os.path.join(out_dir, f"{split}-failures.json")
+    return os.path.join(out_dir, f"{split}-{shard_index:05d}-of-{num_shards:05d}-failures.json")
+
+
+def _remove_stale_shards(out_dir: str, split: str, keep: Sequence[str]) -> None:
+    """Removes the split's shards of another shard count (a glob would still match them)."""
+    for stale in sorted(set(glob.glob(shard_pattern(out_dir, split))) - set(keep)):
+        for path in (stale, _state_path(stale)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def _totals(states: Sequence[dict], classes: Sequence[str]) -> dict:
+    label_counts = dict.fromkeys(classes, 0)
+    for state in states:
+        for label, count in state["label_counts"].items():
+            label_counts[label] += count
+    lengths = [s["min_frames"] for s in states if s["num_clips"]]
+    sizes = {tuple(size) for s in states for size in s["frame_sizes"]}
+    return dict(
+        num_inputs=sum(s["num_inputs"] for s in states),
+        num_clips=sum(s["num_clips"] for s in states),
+        failures=sorted(
+            (f for s in states for f in s["failures"]),
+            key=lambda f: (f["line"] is None, f["line"] or 0, f["path"]),
+        ),
+        label_counts=label_counts,
+        min_frames=min(lengths, default=0),
+        max_frames=max((s["max_frames"] for s in states if s["num_clips"]), default=0),
+        frame_size=list(next(iter(sizes))) if len(sizes) == 1 else None,
+    )
 
 
 def prepare_split(
-    csv_path: str,
+    source: str | Inputs,
     out_dir: str,
     split: str,
     classes: Sequence[str] | None = None,
@@ -152,119 +245,227 @@ def prepare_split(
     jpeg_quality: int = 90,
     shuffle_seed: int | None = 0,
     num_workers: int | None = None,
-    pool: multiprocessing.pool.Pool | None = None,
+    fps: float | None = None,
+    max_seconds: float | None = None,
+    decode_timeout: float | None = 600.0,
+    shard_index: int | None = None,
 ) -> dict:
-    """Decodes every video of a CSV manifest and writes the split's TFRecord shards.
+    """Decodes the videos of one split and writes its TFRecord shards, resuming a killed run.
 
     Args:
-      csv_path: manifest with a `path,label[,id]` header.
+      source: a CSV manifest path (`inputs.read_manifest`), or `Inputs` read by another reader.
       out_dir: folder of the shards `{split}-{i:05d}-of-{n:05d}.tfrecord`.
       split: split name, e.g. "train".
-      classes: ordered class names (index = label); None = sorted labels found in the CSV.
-      num_shards: None = one shard per ~200 clips.
+      classes: ordered class names for a CSV (index = label); None = its sorted labels.
+      num_shards: None = one shard per ~200 clips (at most 64).
       frame_size: None keeps the decoded size; (height, width) resizes; an int sets the short side.
-      max_frames: keep only the first `max_frames` frames of each video.
+      max_frames, fps, max_seconds: what to keep of each video (`video.decode_frames`).
       jpeg_quality: JPEG quality of the stored frames.
-      shuffle_seed: clips are written in an order shuffled with this seed (None = CSV order):
-        a class-sorted CSV would otherwise defeat the training pipeline's finite shuffle buffer.
+      shuffle_seed: clips are dealt to shards in an order shuffled with this seed (None = input
+        order): a class-sorted list would otherwise defeat the training pipeline's finite
+        shuffle buffer.
       num_workers: decode processes; None = number of CPUs.
-      pool: an open `process_pool` to use instead (shared across splits); overrides num_workers.
+      decode_timeout: seconds one video may take (None = no limit); its worker is then killed.
+      shard_index: write only shard `shard_index` of `num_shards` (one machine's share).
 
     Returns:
-      A summary: `split`, `num_clips`, `shards`, `errors` (one `{line, path, error}` per video that
-      could not be read; they are logged, listed in `{split}-errors.json` and skipped),
-      `label_counts`, `min_frames`, `max_frames`, `frame_size` ([H, W] if all clips agree).
+      A summary of this run's share: `split`, `classes`, `num_inputs`, `num_clips`, `failures`
+      (one `{path, line, reason}` per input that is in no shard; num_clips + len(failures) ==
+      num_inputs), `failures_path`, `shards`, `label_counts`, `min_frames`, `max_frames`,
+      `frame_size` ([H, W] if all clips agree), `seconds`, and `totals` (the same figures for
+      the whole split, once all its shards are finished; else None).
     """
     start_time = time.time()
-    rows, classes = read_manifest(csv_path, classes)
+    inputs = source if isinstance(source, Inputs) else read_manifest(source, classes)
+    rows, classes = inputs.rows, inputs.classes
     if not rows:
-        raise ValueError(f"{csv_path}: the manifest lists no video.")
-    if shuffle_seed is not None:
-        rows = [rows[i] for i in np.random.default_rng(shuffle_seed).permutation(len(rows))]
-    if num_shards is None:
-        num_shards = min(64, math.ceil(len(rows) / _CLIPS_PER_SHARD))
-    num_shards = max(1, min(num_shards, len(rows)))
+        raise ValueError(f"{inputs.source}: lists no video.")
+    if shard_index is None:
+        if num_shards is None:
+            num_shards = min(64, math.ceil(len(rows) / _CLIPS_PER_SHARD))
+        num_shards = max(1, min(num_shards, len(rows)))
+    elif num_shards is None or not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard_index={shard_index} needs --num_shards greater than it.")
     if isinstance(frame_size, Sequence):
         frame_size = (int(frame_size[0]), int(frame_size[1]))
-
-    jobs = [(row["path"], frame_size, max_frames, jpeg_quality) for row in rows]
-    errors: list[dict] = []
-    lengths: list[int] = []
-    sizes: set[tuple[int, int]] = set()
-    label_counts = dict.fromkeys(classes, 0)
-
-    def examples() -> Iterator[bytes]:
-        for row, (jpegs, size, error) in zip(
-            rows, map_in_processes(_load_clip, jobs, num_workers, pool)
-        ):
-            if error is not None:
-                logging.error(
-                    "Skipping %s (%s, line %d): %s", row["path"], csv_path, row["line"], error
-                )
-                errors.append(dict(line=row["line"], path=row["path"], error=error))
-                continue
-            lengths.append(len(jpegs))
-            sizes.add(tuple(size))
-            label_counts[row["label"]] += 1
-            yield encode_clip(jpegs, row["label_index"], row["label"], row["id"])
-
-    shards = write_shards(examples(), out_dir, split, num_shards)
-    # Written even when empty, so a stale list from an earlier run never lingers.
-    with open(os.path.join(out_dir, f"{split}-errors.json"), "w", encoding="utf-8") as f:
-        json.dump(errors, f, indent=1)
-    errors_path = os.path.join(out_dir, f"{split}-errors.json")
-    if not lengths:
-        raise ValueError(
-            f"{csv_path}: none of the {len(rows)} videos could be read; see {errors_path}."
+    options = (frame_size, max_frames, fps, max_seconds, jpeg_quality)
+    settings = dict(options=options, num_shards=num_shards, shuffle_seed=shuffle_seed)
+    fingerprint = _fingerprint(rows, classes, settings)
+    per_shard = shard_inputs(rows, num_shards, shuffle_seed)
+    paths = [shard_path(out_dir, split, i, num_shards) for i in range(num_shards)]
+    mine = list(range(num_shards)) if shard_index is None else [shard_index]
+    states = {i: _finished_state(paths[i], fingerprint) for i in range(num_shards)}
+    todo = [i for i in mine if states[i] is None]
+    os.makedirs(out_dir, exist_ok=True)
+    for i in todo:  # leftovers of a run killed while writing
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(paths[i] + ".partial")
+    if len(todo) < len(mine):
+        logging.info(
+            "%s: %d of %d shards already finished.", split, len(mine) - len(todo), len(mine)
         )
-    if errors:
-        logging.warning(
-            "%s: %d of %d videos could not be read and were skipped; see %s.",
-            csv_path,
-            len(errors),
-            len(rows),
-            errors_path,
-        )
+
+    jobs = [(row["path"], row["start"], row["end"], options) for i in todo for row in per_shard[i]]
+    workers = num_workers or default_num_workers(len(jobs))
+    with WorkerPool(_load_clip, workers, decode_timeout) as pool:
+        results = pool.imap(jobs)
+        stale_removed = False
+        for i in todo:
+            state = dict(
+                fingerprint=fingerprint,
+                num_inputs=len(per_shard[i]),
+                num_clips=0,
+                failures=[],
+                label_counts=dict.fromkeys(classes, 0),
+                min_frames=0,
+                max_frames=0,
+                frame_sizes=[],
+            )
+            lengths = []
+            with _writer(paths[i] + ".partial") as writer:
+                for row in per_shard[i]:
+                    value, failure = next(results)
+                    jpegs, size, reason = value if failure is None else (None, None, failure)
+                    if reason is not None:
+                        logging.warning("Skipping %s: %s", row["path"], reason)
+                        state["failures"].append(
+                            dict(path=row["path"], line=row["line"], reason=reason)
+                        )
+                        continue
+                    writer.write(encode_clip(jpegs, row["label_index"], row["label"], row["id"]))
+                    lengths.append(len(jpegs))
+                    state["label_counts"][row["label"]] += 1
+                    if size not in state["frame_sizes"]:
+                        state["frame_sizes"].append(size)
+            if not stale_removed:
+                _remove_stale_shards(out_dir, split, paths)
+                stale_removed = True
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(_state_path(paths[i]))
+            os.replace(paths[i] + ".partial", paths[i])
+            state.update(
+                num_clips=len(lengths),
+                min_frames=min(lengths, default=0),
+                max_frames=max(lengths, default=0),
+                bytes=os.path.getsize(paths[i]),
+            )
+            # Written last: a shard counts as finished only once its state is on disk.
+            _write_json(_state_path(paths[i]), state)
+            states[i] = state
+            logging.info(
+                "%s: shard %d of %d written (%d clips, %d failed).",
+                split,
+                i + 1,
+                num_shards,
+                state["num_clips"],
+                len(state["failures"]),
+            )
+    _remove_stale_shards(out_dir, split, paths)
+
+    own = _totals([states[i] for i in mine], classes)
+    own_failures = failures_path(out_dir, split, shard_index, num_shards)
+    _write_json(own_failures, own["failures"])  # also when empty: no stale list lingers
+    complete = all(state is not None for state in states.values())
+    totals = _totals(list(states.values()), classes) if complete else None
+    if totals is not None:
+        split_failures = failures_path(out_dir, split, None, num_shards)
+        if shard_index is not None:
+            _write_json(split_failures, totals["failures"])
+        if totals["num_clips"] == 0:
+            raise ValueError(
+                f"{inputs.source}: none of the {totals['num_inputs']} videos could be read; "
+                f"see {split_failures}."
+            )
+    seconds = time.time() - start_time
     summary = dict(
         split=split,
-        csv=os.path.abspath(csv_path),
+        source=inputs.source,
         classes=classes,
-        num_clips=len(lengths),
-        shards=shards,
-        errors=errors,
-        label_counts=label_counts,
-        min_frames=min(lengths, default=0),
-        max_frames=max(lengths, default=0),
-        frame_size=list(next(iter(sizes))) if len(sizes) == 1 else None,
+        shards=[paths[i] for i in mine],
+        num_shards=num_shards,
+        shard_index=shard_index,
+        failures_path=own_failures,
+        seconds=seconds,
+        num_decoded=len(jobs),
+        totals=totals,
+        **own,
+    )
+    assert (
+        summary["num_clips"] + len(summary["failures"])
+        == summary["num_inputs"]
+        == sum(len(per_shard[i]) for i in mine)
     )
     logging.info(
-        "Prepared split %r: %d clips in %d shards (%.1f s).",
+        "Prepared split %r: %d clips, %d failed, %d inputs (%.1f s).",
         split,
-        len(lengths),
-        num_shards,
-        time.time() - start_time,
+        summary["num_clips"],
+        len(summary["failures"]),
+        summary["num_inputs"],
+        seconds,
     )
     return summary
+
+
+@contextlib.contextmanager
+def _writer(path: str) -> Iterator[Any]:
+    """A TFRecord writer of `path` that leaves no file behind when the block fails."""
+    import tensorflow as tf
+
+    writer = tf.io.TFRecordWriter(path)
+    try:
+        yield writer
+    except BaseException:
+        writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        raise
+    writer.close()
 
 
 def merge_summaries(summaries: Sequence[dict], previous: dict | None = None) -> dict:
     """`counts`, `num_frames` and `frame_size` for `write_dataset_info` from split summaries.
 
-    `previous` (an existing dataset.json) keeps the figures of splits not prepared again.
+    Each summary's `totals` (the whole split) is used. `previous` (an existing dataset.json)
+    keeps the figures of splits not prepared again.
     """
     counts = dict(previous["splits"]) if previous else {}
     lengths = [previous["num_frames"]] if previous else []
     sizes = [previous["frame_size"]] if previous else []
     for summary in summaries:
-        counts[summary["split"]] = summary["num_clips"]
-        lengths.append(summary["min_frames"])
-        sizes.append(summary["frame_size"])
+        totals = summary["totals"]
+        counts[summary["split"]] = totals["num_clips"]
+        lengths.append(totals["min_frames"])
+        sizes.append(totals["frame_size"])
     same_size = all(size == sizes[0] for size in sizes)
     return dict(counts=counts, num_frames=min(lengths), frame_size=sizes[0] if same_size else None)
 
 
 def _parse_pairs(text: str) -> list[list[str]]:
     return [item.split(":") for item in text.split(",") if item]
+
+
+def parse_max_failures(text: str | None) -> float | None:
+    """`--max_failures`: an int is a count of inputs, a number with a point a fraction of them."""
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text) if "." in text else int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or ("." in text and value > 1):
+        raise ValueError(
+            f"--max_failures={text}: expected a count (e.g. 10) or a fraction of the inputs "
+            "(e.g. 0.05)."
+        )
+    return value
+
+
+def failures_exceeded(max_failures: float | None, num_failures: int, num_inputs: int) -> bool:
+    if max_failures is None:
+        return False
+    if isinstance(max_failures, float):
+        return num_failures > max_failures * num_inputs
+    return num_failures > max_failures
 
 
 def define_flags(flag_values) -> list[str]:
@@ -274,36 +475,87 @@ def define_flags(flag_values) -> list[str]:
 
     before = set(flag_values)
     fv = {"flag_values": flag_values}
-    flags.DEFINE_string("csv", None, "Manifest CSV with a path,label[,id] header.", **fv)
+    flags.DEFINE_string(
+        "csv", None, "Manifest CSV with a path,label[,id][,start,end] header.", **fv
+    )
+    flags.DEFINE_string("folder", None, "Folder with one sub-folder of videos per class.", **fv)
+    flags.DEFINE_string(
+        "ssv2_json", None, "Something-Something v2 annotations (labels.json beside it).", **fv
+    )
+    flags.DEFINE_string("video_dir", None, "Folder of the <id>.webm videos of --ssv2_json.", **fv)
     flags.DEFINE_string("out_dir", None, "Output folder of shards and dataset.json.", **fv)
     flags.DEFINE_string("split", None, "Split name, e.g. train, val, test.", **fv)
     flags.DEFINE_list(
-        "classes", None, "Ordered class names; default: dataset.json, else CSV labels.", **fv
+        "classes", None, "Ordered class names; default: dataset.json, else the input's.", **fv
     )
-    flags.DEFINE_integer("num_shards", None, "Number of shards; default one per ~200 clips.", **fv)
-    flags.DEFINE_list("frame_size", None, "Resize frames: 'height,width', or 'short_side'.", **fv)
     flags.DEFINE_integer(
-        "max_frames", None, "Keep only the first max_frames frames of a video.", **fv
+        "num_shards", None, "Number of shards; default one per ~200 clips (at most 64).", **fv
     )
+    flags.DEFINE_integer(
+        "shard_index",
+        None,
+        "Write only this shard of --num_shards (one machine's share of the inputs).",
+        **fv,
+    )
+    flags.DEFINE_list("frame_size", None, "Resize frames: 'height,width', or 'short_side'.", **fv)
+    flags.DEFINE_float(
+        "fps", None, "Resample every video to this frame rate; default: as is.", **fv
+    )
+    flags.DEFINE_float(
+        "max_seconds", None, "Keep at most this many seconds of a video (after start).", **fv
+    )
+    flags.DEFINE_integer("max_frames", None, "Keep at most this many frames of a video.", **fv)
     flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of stored frames.", **fv)
+    flags.DEFINE_float(
+        "decode_timeout", 600.0, "Seconds one video may take to decode; then it fails.", **fv
+    )
+    flags.DEFINE_string(
+        "max_failures",
+        None,
+        "Exit non-zero when more inputs fail: a count (10) or a fraction (0.05); default: any.",
+        **fv,
+    )
     flags.DEFINE_string("order_pairs", "", "Time-reversed class pairs: 'a:b,c:d'.", **fv)
     flags.DEFINE_string("flip_pairs", "", "Class pairs a horizontal flip swaps: 'a:b,c:d'.", **fv)
     flags.DEFINE_list("flip_breaks", [], "Classes that must never be flipped.", **fv)
     flags.DEFINE_integer("num_workers", None, "Decode processes; default: number of CPUs.", **fv)
-    for name in ("csv", "out_dir", "split"):
+    for name in ("out_dir", "split"):
         flags.mark_flag_as_required(name, flag_values=flag_values)
     return sorted(set(flag_values) - before)
 
 
+def read_inputs(f, classes: Sequence[str] | None) -> Inputs:
+    """The split's videos from exactly one of --csv, --folder, --ssv2_json (with --video_dir)."""
+    from absl import app
+
+    given = [name for name in ("csv", "folder", "ssv2_json") if getattr(f, name)]
+    if len(given) != 1:
+        raise app.UsageError(
+            "give exactly one of --csv, --folder or --ssv2_json (with --video_dir)"
+            + (f"; got {', '.join('--' + name for name in given)}" if given else "")
+        )
+    if bool(f.video_dir) != bool(f.ssv2_json):
+        raise app.UsageError("--video_dir and --ssv2_json go together")
+    if f.csv:
+        return read_manifest(f.csv, classes)
+    if f.folder:
+        return read_folder(f.folder, classes)
+    if not os.path.isdir(f.video_dir):
+        raise ValueError(f"--video_dir={f.video_dir}: not a folder.")
+    return read_ssv2(f.ssv2_json, f.video_dir, classes)
+
+
 def prepare_from_flags(f) -> str:
-    """The command, on parsed flags; returns its summary line."""
+    """The command, on parsed flags; returns its summary line (raises when too many failed)."""
+    max_failures = parse_max_failures(f.max_failures)
     previous = None
     if os.path.exists(os.path.join(f.out_dir, DATASET_INFO)):
         previous = read_dataset_info(f.out_dir)
     classes = f.classes or (previous["classes"] if previous else None)
-    if previous and list(classes) != previous["classes"]:
+    inputs = read_inputs(f, classes)
+    if previous and list(inputs.classes) != previous["classes"]:
         raise ValueError(
-            f"--classes {classes} differ from the classes of {f.out_dir}/{DATASET_INFO}: "
+            f"the classes {inputs.classes} differ from those of {f.out_dir}/{DATASET_INFO}: "
             f"{previous['classes']}. Use another --out_dir or the same classes."
         )
     frame_size = None
@@ -313,17 +565,46 @@ def prepare_from_flags(f) -> str:
         except ValueError:
             raise ValueError(f"--frame_size={','.join(f.frame_size)}: expected integers") from None
         frame_size = values[0] if len(values) == 1 else (values[0], values[1])
+    for name in ("fps", "max_seconds", "decode_timeout", "max_frames", "num_shards"):
+        value = getattr(f, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name}={value}: must be positive.")
     summary = prepare_split(
-        f.csv,
+        inputs,
         f.out_dir,
         f.split,
-        classes,
         num_shards=f.num_shards,
         frame_size=frame_size,
         max_frames=f.max_frames,
         jpeg_quality=f.jpeg_quality,
         num_workers=f.num_workers,
+        fps=f.fps,
+        max_seconds=f.max_seconds,
+        decode_timeout=f.decode_timeout,
+        shard_index=f.shard_index,
     )
+    failed, num_inputs = len(summary["failures"]), summary["num_inputs"]
+    exceeded = failures_exceeded(max_failures, failed, num_inputs)
+    part = "" if f.shard_index is None else f" (shard {f.shard_index} of {summary['num_shards']})"
+    line = (
+        f"{f.split}{part}: {summary['num_clips']} clips written, {failed} failed, "
+        f"{num_inputs} inputs -> {f.out_dir}"
+    )
+    if summary["num_decoded"] < num_inputs:
+        line += f" ({num_inputs - summary['num_decoded']} kept from finished shards)"
+    if summary["num_decoded"]:
+        rate = summary["num_decoded"] / max(summary["seconds"], 1e-9)
+        line += f" ({rate:.1f} videos/s)"
+    if failed:
+        line += f"; failures: {summary['failures_path']}"
+    if exceeded:
+        print(line)
+        raise kvid.cli.ToolError(
+            f"{failed} of {num_inputs} inputs failed, more than --max_failures={f.max_failures}; "
+            f"see {summary['failures_path']}"
+        )
+    if summary["totals"] is None:
+        return line + "; dataset.json follows once every shard is written"
     keep = previous or {}
     write_dataset_info(
         f.out_dir,
@@ -333,17 +614,12 @@ def prepare_from_flags(f) -> str:
         flip_breaks=f.flip_breaks or keep.get("flip_breaks", []),
         **merge_summaries([summary], previous),
     )
-    return (
-        f"{f.split}: {summary['num_clips']} clips in {len(summary['shards'])} shards, "
-        f"{len(summary['errors'])} unreadable videos skipped -> {f.out_dir}"
-    )
+    return line
 
 
 def run() -> None:
-    """`kvid-prepare` entry point: one split of a CSV manifest into `out_dir`."""
+    """`kvid-prepare` entry point: one split of a CSV, a folder or SSv2 into `out_dir`."""
     from absl import flags
-
-    import kvid.cli
 
     def main(argv: list[str]) -> None:
         print(prepare_from_flags(flags.FLAGS))

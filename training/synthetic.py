@@ -574,10 +574,10 @@ def generate(
                 writer.writerow(["path", "label", "id"])
                 writer.writerows(rows)
             summary = prepare.prepare_split(
-                csv_path, out_dir, split, classes, num_shards, num_workers=num_workers, pool=pool
+                csv_path, out_dir, split, classes, num_shards, num_workers=num_workers
             )
-            if summary["errors"]:
-                raise RuntimeError(f"Generated videos failed to decode: {summary['errors'][:3]}")
+            if summary["failures"]:
+                raise RuntimeError(f"Generated videos failed to decode: {summary['failures'][:3]}")
             summaries.append(summary)
 
     # With a class subset, keep only complete pairs; a flip pair missing its partner means the

@@ -45,6 +45,11 @@ def shard_pattern(data_dir: str, split: str) -> str:
     return os.path.join(data_dir, f"{split}-*-of-*{SHARD_SUFFIX}")
 
 
+def shard_path(data_dir: str, split: str, index: int, num_shards: int) -> str:
+    """Path of shard `index` of `num_shards`: `{split}-{index:05d}-of-{num_shards:05d}.tfrecord`."""
+    return os.path.join(data_dir, f"{split}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
+
+
 def encode_clip(
     jpeg_frames: Sequence[bytes], label_index: int, label_text: str, clip_id: str
 ) -> bytes:
@@ -152,10 +157,7 @@ def write_shards(examples: Iterator[bytes], out_dir: str, split: str, num_shards
     import tensorflow as tf
 
     os.makedirs(out_dir, exist_ok=True)
-    paths = [
-        os.path.join(out_dir, f"{split}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
-        for i in range(num_shards)
-    ]
+    paths = [shard_path(out_dir, split, i, num_shards) for i in range(num_shards)]
     # Leftovers of an earlier run that was killed while writing.
     for stale in tf.io.gfile.glob(os.path.join(out_dir, f"{split}-*-of-*{SHARD_SUFFIX}.partial")):
         tf.io.gfile.remove(stale)
