@@ -142,22 +142,31 @@ def make_converter(
 
 
 def convert_keras_model(
-    model: Any, mode: str = "int8", representative: ClipSource | None = None
+    model: Any,
+    mode: str = "int8",
+    representative: ClipSource | None = None,
+    input_layout: str = "clip",
 ) -> bytes:
     """Converts an in-memory Keras model (float or QAT) to `.tflite` bytes at static batch 1.
 
     The same conversion as `kvid-convert` (signature `serving_default`, input `video`, output
-    `logits`; int8 I/O for "int8"), for a model that is not exported yet.
+    `logits`; int8 I/O for "int8"; `input_layout` as there), for a model not exported yet.
     """
     import tensorflow as tf
 
+    _check_layout(input_layout)
     clip_shape = tuple(model.input_shape[1:])
-    spec = tf.TensorSpec([1, *clip_shape], tf.float32, name="video")
-    function = tf.function(
-        lambda video: {"logits": model(video, training=False)}, input_signature=[spec]
-    ).get_concrete_function()
+    input_shape = layout_input_shape(clip_shape, input_layout)
+    spec = tf.TensorSpec([1, *input_shape], tf.float32, name="video")
+
+    def serving(video):
+        if input_layout != "clip":  # folded away when the model frame-stacks first
+            video = tf.reshape(video, (1, *clip_shape))
+        return {"logits": model(video, training=False)}
+
+    function = tf.function(serving, input_signature=[spec]).get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
-    return _configure(converter, mode, representative, clip_shape, float_io=False).convert()
+    return _configure(converter, mode, representative, input_shape, float_io=False).convert()
 
 
 def _configure(

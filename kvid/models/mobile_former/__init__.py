@@ -1,8 +1,8 @@
 """Video Mobile-Former: a (2+1)D MobileNet path and a few global tokens joined by a two-way bridge.
 
 model.py (the network), presets.py (the preset table), bridge.py, dynamic_relu.py, head.py,
-layers.py, temporal_stack.py (its layers), reference.py (porting of `AAboys/MobileFormer`
-weights). Documentation: docs/mobile_former.md.
+layers.py, temporal_stack.py (its layers), edgetpu.py (the layers of its Edge TPU form),
+reference.py (porting of `AAboys/MobileFormer` weights). Documentation: docs/mobile_former.md.
 """
 
 from kvid.models.mobile_former.model import backbone_tensors, build, resolve_config

@@ -96,6 +96,11 @@ DEFAULTS = dict(
     drop_path_rate=0.0,
     epsilon=1e-5,
     dyrelu=(True, True),  # DyReLU (else ReLU6) after the two expanded depthwise/pointwise convs
+    # The Edge TPU form (kvid.models.mobile_former.edgetpu): frame-stacked tensors, the static
+    # pooled/MLP/gated bridge, ReLU6 for hard-swish, batch norm for LayerNorm. Ignores the
+    # bridge_formulation, max_keys_per_frame, bridge_heads and former_heads fields.
+    edgetpu=False,
+    bridge_grid=2,  # edgetpu: the bridge reads and writes a bridge_grid x bridge_grid grid per frame
 )
 
 # Image presets reproduce the reference factories (mobile_former.py) at 224x224, T = 1.
@@ -157,5 +162,16 @@ PRESETS = {
         stem_channels=8, stem_temporal_kernel=3, num_tokens=6, token_dim=64, head_expansion=4,
         head_features=256, num_frames=8, image_size=64, bridge_formulation="factorized",
         dropout_rate=0.1,
+    ),
+    # vmf_tiny in the Edge TPU form: same blocks, widths and input; only Edge TPU ops in int8.
+    "vmf_tiny_edgetpu": dict(
+        blocks=_blocks(
+            [("dna3", 2, 16, 2, 0), ("dna", 3, 16, 1, 3), ("dna3", 4, 32, 2, 4),
+             ("dna", 3, 32, 1, 3), ("dna3", 4, 64, 2, 4), ("dna", 3, 64, 1, 3)],
+            [(3, 1), (3, 1), (3, 1), (3, 1), (3, 2), (3, 1)],
+        ),
+        stem_channels=8, stem_temporal_kernel=3, num_tokens=6, token_dim=64, head_expansion=4,
+        head_features=256, num_frames=8, image_size=64, dropout_rate=0.1, edgetpu=True,
+        dynamic_bridge=False,
     ),
 }  # fmt: skip

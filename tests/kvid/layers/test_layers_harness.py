@@ -21,6 +21,16 @@ from kvid.models.dualformer.stratified_attention import (
 from kvid.models.dualformer.tubelet_conv import TubeletConv
 from kvid.models.mobile_former.bridge import Former, Former2Mobile, Mobile2Former
 from kvid.models.mobile_former.dynamic_relu import DynamicReLU
+from kvid.models.mobile_former.edgetpu import (
+    FlatTokens,
+    GatedFormer2Mobile,
+    PooledMobile2Former,
+    StackedConv,
+    StackedDynamicReLU,
+    StackedPooledTokenConcat,
+    StackedTemporalStack,
+    TokenMLP,
+)
 from kvid.models.mobile_former.head import DenseBN, PooledTokenConcat
 from kvid.models.mobile_former.layers import ChannelShuffle, GlobalTokens
 from kvid.models.mobile_former.temporal_stack import TemporalStack
@@ -60,6 +70,21 @@ CASES = [
     (PooledTokenConcat, dict(num_cls_tokens=2), [VIDEO, TOKENS]),
     (DenseBN, dict(units=8), [(12,)]),
     (TemporalStack, dict(kernel_size=3), [VIDEO]),
+    # Mobile-Former's Edge TPU form (frame-stacked: 4 frames of 8x8; flat tokens)
+    (StackedConv, dict(filters=12, kernel_size=3, strides=2, num_frames=4), [(32, 8, 8)]),
+    (
+        StackedConv,
+        dict(kernel_size=(3, 3, 3), strides=(2, 1, 1), num_frames=4, activation="relu6"),
+        [(32, 8, 8)],
+    ),  # fmt: skip
+    (StackedTemporalStack, dict(kernel_size=3, num_frames=4), [(32, 8, 8)]),
+    (FlatTokens, dict(num_tokens=3, token_dim=16), [(32, 8, 8)]),
+    (PooledMobile2Former, dict(num_frames=4, grid_size=2, dynamic_gate=True), [(32, 8, 8), (48,)]),
+    (TokenMLP, dict(hidden_units=16), [(48,)]),
+    (GatedFormer2Mobile, dict(num_frames=4, hidden_units=8), [(32, 8, 8), (48,)]),
+    (GatedFormer2Mobile, dict(num_frames=4, grid_size=2), [(32, 8, 8), (48,)]),
+    (StackedDynamicReLU, dict(token_dim=16, token_index=1), [(32, 8, 8), (48,)]),
+    (StackedPooledTokenConcat, dict(num_cls_tokens=1, token_dim=16), [(32, 8, 8), (48,)]),
     # DualFormer
     (TubeletConv, dict(filters=12, kernel_size=(2, 2, 2)), [VIDEO]),
     (TubeletConv, dict(depthwise=True, kernel_size=(2, 4, 4)), [VIDEO]),
