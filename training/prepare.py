@@ -142,18 +142,12 @@ def shard_inputs(rows: Sequence[dict], num_shards: int, shuffle_seed: int | None
 
 
 def _fingerprint(rows: Sequence[dict], classes: Sequence[str], settings: dict) -> str:
-    """What a finished shard depends on: the inputs (with their sizes) and every setting."""
+    """What a finished shard depends on: the input list and every setting.
 
-    def size(path: str) -> int:
-        try:
-            return os.path.getsize(path)
-        except OSError:
-            return -1
-
-    listing = [
-        [row["path"], size(row["path"]), row["label_index"], row["id"], row["start"], row["end"]]
-        for row in rows
-    ]
+    Inputs count by id, label and span, not by path, so machines that mount the videos at
+    different places write shards of the same job (and one can merge them without the videos).
+    """
+    listing = [[row["id"], row["label_index"], row["start"], row["end"]] for row in rows]
     text = json.dumps([listing, list(classes), settings], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 

@@ -494,6 +494,7 @@ def test_a_damaged_shard_is_redone_and_finished_ones_are_kept(folder, tmp_path):
     assert "kept from finished shards" not in line
 
 
+@pytest.mark.slow  # two command-line runs (TensorFlow loads in each) and two decode timeouts
 def test_a_run_killed_mid_way_resumes_with_the_same_shards(videos, tmp_path):
     """SIGKILL while a decoder hangs on a named pipe; the rerun keeps the finished shards."""
     root, _ = videos
