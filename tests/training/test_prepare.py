@@ -555,3 +555,18 @@ def test_a_run_killed_mid_way_resumes_with_the_same_shards(videos, tmp_path):
     ids = [_context(e, "clip/id").decode() for e in _read_examples(out_dir.glob("*.tfrecord"))]
     assert sorted(ids) == sorted(f"clip{i}" for i in range(6))
     assert not list(out_dir.glob("*.partial"))
+
+
+def test_a_video_whose_decoder_hangs_fails_with_the_timeout_and_the_others_are_written(
+    videos, tmp_path
+):
+    root, _ = videos
+    fifo = tmp_path / "stuck.mp4"
+    os.mkfifo(fifo)  # opening it blocks until a writer comes: a decoder that hangs
+    rows = [(str(root / "clips/a.mp4"), "dark"), (str(fifo), "bright")]
+    csv_path = _write_csv(tmp_path / "train.csv", rows)
+    summary = prepare.prepare_split(
+        csv_path, str(tmp_path / "out"), "train", CLASSES, decode_timeout=1, num_workers=1
+    )
+    assert summary["num_clips"] == 1
+    assert summary["failures"] == [dict(path=str(fifo), line=3, reason="timeout after 1s")]
