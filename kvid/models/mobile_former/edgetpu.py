@@ -14,9 +14,8 @@ Mobile->Former mixes a coarse average-pooled grid of every frame into the tokens
 linear map (optionally gated by `2 sigmoid(W z)` as the reference's dynamic gate), the Former is
 an MLP over the flattened tokens, and Former->Mobile modulates every frame's channels, cell by
 cell of the same grid, by `x * 2 sigmoid(W_g z) + W_b z` instead of a softmax over tokens. The
-dynamic ReLU of the blocks stays (MUL and MAXIMUM). Spatial kernels convolve the stacked frames as
-one image, so a 3x3 kernel at a frame's first or last row reads one row of the neighbouring frame
-(trained that way: train and deploy compute the same function).
+dynamic ReLU of the blocks stays (MUL and MAXIMUM). Spatial kernels pad every frame on its own, so
+the convolutions compute exactly what `vmf_tiny`'s per-frame and (2+1)D convolutions compute.
 """
 
 from __future__ import annotations
@@ -43,9 +42,11 @@ class StackedConv(QuantizableLayer):
     """A (2+1)D convolution of frame-stacked video: spatial conv, temporal depthwise, BN, act.
 
     The spatial convolution (full with `filters`, else depthwise with `depth_multiplier`) runs on
-    the stacked frames as one image ("same" padding); a temporal kernel `k_t > 1` or stride
-    `s_t > 1` adds a `(k_t, 1)` depthwise convolution on the time-major view, zero-padded by
-    `k_t // 2` frames each side, keeping every `s_t`-th frame.
+    the stacked frames with each frame zero-padded by `k // 2` on its own (pads, reshapes and a
+    slice: no kernel reads across a frame boundary, so it equals `FrameConv`/`Conv2Plus1D` on the
+    clip); a temporal kernel `k_t > 1` or stride `s_t > 1` adds a `(k_t, 1)` depthwise convolution
+    on the time-major view, zero-padded by `k_t // 2` frames each side, keeping every `s_t`-th
+    frame.
 
     Args:
       filters: output channels of a full convolution; None for a depthwise one.
@@ -94,12 +95,12 @@ class StackedConv(QuantizableLayer):
         (k_t, k, _), (s_t, s, _) = kernel_size, strides
         if filters is None:
             self.spatial = keras.layers.DepthwiseConv2D(
-                k, s, padding="same", depth_multiplier=depth_multiplier, use_bias=False,
+                k, s, padding="valid", depth_multiplier=depth_multiplier, use_bias=False,
                 name="spatial",
             )  # fmt: skip
         else:
             self.spatial = keras.layers.Conv2D(
-                filters, k, s, padding="same", use_bias=False, name="spatial"
+                filters, k, s, padding="valid", use_bias=False, name="spatial"
             )
         self.has_temporal = k_t > 1 or s_t > 1
         self.temporal = (
@@ -120,15 +121,34 @@ class StackedConv(QuantizableLayer):
                 f"height divisible by the stride {self.strides[1]}."
             )
         out = self._out_channels(channels)
-        build_sublayer(self.spatial, (None, stacked, width, channels))
+        build_sublayer(self.spatial, (None, None, width + 2 * (self.kernel_size[1] // 2), channels))
         if self.temporal is not None:
             build_sublayer(self.temporal, (None, self.num_frames, None, out))
             self.build_quant_points()
         build_sublayer(self.bn, (None, None, None, out))
         super().build(input_shape)
 
+    def _spatial_per_frame(self, inputs):
+        """The spatial conv with each frame zero-padded on its own: no kernel reads across a
+        frame boundary (symmetric `k // 2` padding, as `FrameConv` and PyTorch for any stride)."""
+        k, s, frames = self.kernel_size[1], self.strides[1], self.num_frames
+        if k == 1:
+            return self.spatial(inputs)
+        _, stacked, width, channels = inputs.shape
+        pad, height = k // 2, stacked // frames
+        x = tf.reshape(inputs, (-1, frames, height, width * channels))  # rows of each frame
+        x = tf.pad(x, [[0, 0], [0, 0], [pad, pad], [0, 0]])
+        x = tf.reshape(x, (-1, frames * (height + 2 * pad), width, channels))
+        x = self.spatial(tf.pad(x, [[0, 0], [0, 0], [pad, pad], [0, 0]]))
+        # output rows of frame t start at t * (height + 2 pad) / s; the rest read its padding
+        rows, out_height = (height + 2 * pad) // s, (height + 2 * pad - k) // s + 1
+        x = tf.pad(x, [[0, 0], [0, frames * rows - x.shape[1]], [0, 0], [0, 0]])
+        _, _, out_width, out_channels = x.shape
+        x = tf.reshape(x, (-1, frames, rows, out_width * out_channels))[:, :, :out_height]
+        return tf.reshape(x, (-1, frames * out_height, out_width, out_channels))
+
     def call(self, inputs, training=None):
-        x = self.spatial(inputs)
+        x = self._spatial_per_frame(inputs)
         _, stacked, width, channels = x.shape
         height = stacked // self.num_frames
         if self.temporal is not None:

@@ -2,9 +2,10 @@
 the preset's shape of things (same blocks as vmf_tiny, no attention, no 5-D tensor)."""
 
 import numpy as np
+import pytest
 
 import kvid.models
-from kvid.layers import Conv2Plus1D
+from kvid.layers import Conv2Plus1D, FrameConv
 from kvid.models.mobile_former.bridge import Former, Former2Mobile, Mobile2Former
 from kvid.models.mobile_former.dynamic_relu import DynamicReLU
 from kvid.models.mobile_former.edgetpu import (
@@ -17,7 +18,7 @@ from kvid.models.mobile_former.edgetpu import (
 from kvid.models.mobile_former.temporal_stack import TemporalStack
 from tests.helpers import np_dense
 
-FRAMES, HEIGHT, WIDTH, CHANNELS = 4, 4, 6, 5
+FRAMES, HEIGHT, WIDTH, CHANNELS = 4, 8, 6, 5
 
 
 def _clip(seed=0):
@@ -35,21 +36,35 @@ def test_stacked_temporal_stack_is_temporal_stack_on_stacked_frames():
     np.testing.assert_array_equal(StackedTemporalStack(3, FRAMES)(_stack(clip)).numpy(), expected)
 
 
-def test_stacked_temporal_conv_is_the_2plus1d_temporal_conv():
-    """With a 1x1 spatial kernel nothing crosses a frame boundary in space: the frame-stacked
-    conv must equal the (2+1)D conv of the clip layout, temporal stride included."""
+@pytest.mark.parametrize(
+    "kernel, strides, multiplier",
+    [((3, 3, 3), (2, 2, 2), 2), ((3, 3, 3), (1, 1, 1), 1), ((1, 3, 3), (1, 2, 2), 1)],
+)
+def test_stacked_conv_is_the_2plus1d_conv_of_the_clip(kernel, strides, multiplier):
+    """Every frame is padded on its own: the frame-stacked conv equals the (2+1)D conv of the
+    clip layout exactly, spatial and temporal strides included."""
     clip = _clip(1)
-    reference = Conv2Plus1D((3, 1, 1), (2, 1, 1), name="reference")
-    stacked = StackedConv(None, (3, 1, 1), (2, 1, 1), num_frames=FRAMES, name="stacked")
+    reference = Conv2Plus1D(kernel, strides, depth_multiplier=multiplier)
+    stacked = StackedConv(None, kernel, strides, FRAMES, depth_multiplier=multiplier)
     reference(clip), stacked(_stack(clip))  # built
     rng = np.random.default_rng(2)
     weights = [rng.standard_normal(w.shape).astype(np.float32) for w in reference.get_weights()]
     weights[-1] = np.abs(weights[-1]) + 0.5  # moving variance
     reference.set_weights(weights)
     stacked.set_weights(weights)
-    expected = reference(clip, training=False).numpy()
+    expected = _stack(reference(clip, training=False).numpy())
     np.testing.assert_allclose(
-        stacked(_stack(clip), training=False).numpy(), _stack(expected), rtol=1e-5, atol=1e-5
+        stacked(_stack(clip), training=False).numpy(), expected, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_stacked_full_conv_is_the_frame_conv_of_the_clip():
+    clip = _clip(10)
+    reference, stacked = FrameConv(7, 3, strides=2), StackedConv(7, 3, 2, FRAMES)
+    reference(clip), stacked(_stack(clip))  # built
+    stacked.set_weights(reference.get_weights())
+    np.testing.assert_allclose(
+        stacked(_stack(clip)).numpy(), _stack(reference(clip).numpy()), rtol=1e-5, atol=1e-5
     )
 
 
