@@ -30,6 +30,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# Bytes per gradient all-reduce of a multi-worker run (a kvid mobile model's gradients fit in one).
+GRADIENT_PACK = 32 * 1024 * 1024
 
 
 class StrategyError(ValueError):
@@ -85,7 +87,10 @@ def create_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         cluster_spec_from_env()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # Gradients all-reduced in packs: one collective per pack instead of one per variable
+        # (each collective costs a round trip between the workers when it is first set up).
+        options = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=GRADIENT_PACK)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if name == "tpu":
         return _tpu_strategy(tpu)
     raise StrategyError(f"--strategy={name}: unknown; valid: {', '.join(STRATEGIES)}")

@@ -69,7 +69,7 @@ def phase_checkpoint(
     for position, path in enumerate(candidates):
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError) as error:
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as error:
             reason = " ".join(str(error).split())[:200]
             fallback = candidates[position + 1] if position + 1 < len(candidates) else None
             logging.warning(

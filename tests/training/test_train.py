@@ -388,6 +388,15 @@ BAD_FLAGS = {
     "missing_data_dir": (["--data_dir={tmp}/nowhere"], "--data_dir={tmp}/nowhere: no prepared"),
     "epochs_and_steps": (["--epochs=2"], "--epochs=2.0 and --steps=5 are mutually exclusive"),
     "image_size_rejected_by_preset": (["--image_size=24"], "--image_size: vmf_tiny rejects"),
+    "multi_worker_without_tf_config": (
+        ["--strategy=multi_worker"],
+        "--strategy=multi_worker: TF_CONFIG is not set",
+    ),
+    "tpu_on_a_machine_without_one": (["--strategy=tpu"], "--strategy=tpu: no TPU on this machine"),
+    "global_batch_not_divisible": (
+        ["--strategy=mirrored", "--num_cpu_devices=2", "--batch_size=3"],
+        "--batch_size=3: the global batch must be a multiple of the 2 replicas",
+    ),
 }
 
 
@@ -631,3 +640,102 @@ def test_resume_after_sigkill_runs_the_same_steps(smoke_run, tiny_data_dir, tmp_
     assert optimizer_step(run_dir / "checkpoints/float") == SMOKE_FLOAT_STEPS
     assert optimizer_step(run_dir / "checkpoints/qat") == SMOKE_QAT_STEPS
     assert workdir.export_complete(str(run_dir), "qat")
+    # The resumed phases continued the data stream where it stopped (vmf_smoke.flags is
+    # deterministic and has no dropout), so they took the uninterrupted run's very steps.
+    for phase in ("float", "qat"):
+        resumed = h5_arrays(run_dir / "export" / f"{phase}.weights.h5")
+        uninterrupted = h5_arrays(smoke_run / "export" / f"{phase}.weights.h5")
+        assert resumed.keys() == uninterrupted.keys()
+        for name, value in resumed.items():
+            np.testing.assert_allclose(value, uninterrupted[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def h5_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The model weights of a Keras HDF5 weights file by their path in the file (the compiled
+    metrics' running totals, which restart with every `fit`, left out)."""
+    import h5py
+
+    arrays = {}
+
+    def visit(name: str, item) -> None:
+        if isinstance(item, h5py.Dataset) and not name.startswith("metrics/"):
+            arrays[name] = item[()]
+
+    with h5py.File(path, "r") as file:
+        file.visititems(visit)
+    return arrays
+
+
+# --- several workers ----------------------------------------------------------------------------
+
+# Relative loss difference allowed between two workers (one replica each, synchronized batch norm)
+# and one worker with the same global batch. The float phase differs only in the order of the
+# gradient all-reduce (measured 5e-5); in QAT, TFMOT's activation ranges follow the mean of the
+# replicas' batch ranges instead of the global batch's (measured 1e-3).
+MULTI_WORKER_RTOL = {"float": 1e-3, "qat": 1e-2}
+# Hard limit for the two workers (each traces its steps with collective ops; about 2 min idle).
+MULTI_WORKER_TIMEOUT = 600
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_two_workers_follow_the_single_worker_run(smoke_run, tiny_data_dir, tmp_path):
+    """MultiWorkerMirroredStrategy on 127.0.0.1: two processes with TF_CONFIG, each with its own
+    --workdir, give the single-worker losses; only the chief's workdir receives outputs."""
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(TRAIN_PY),
+                    "--flagfile=vmf_smoke.flags",
+                    "--strategy=multi_worker",
+                    "--sync_batch_norm",
+                    f"--data_dir={tiny_data_dir}",
+                    f"--workdir={tmp_path / f'worker{index}'}",
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        errors = [process.communicate(timeout=MULTI_WORKER_TIMEOUT)[1] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, stderr in zip(processes, errors):
+        assert process.returncode == 0, stderr[-3000:]
+    assert "2 replica(s), 2 clips per replica per step" in errors[0]
+
+    chief = tmp_path / "worker0"
+    assert workdir.export_complete(str(chief), "float")
+    assert workdir.export_complete(str(chief), "qat")
+    # The other worker saved into a temporary folder of its own and removed it at the end.
+    assert not (tmp_path / "worker1").exists()
+
+    records = callbacks.read_metrics(str(chief / "metrics.jsonl"))
+    reference = callbacks.read_metrics(str(smoke_run / "metrics.jsonl"))
+    assert [(r["phase"], r["epoch"], r["step"]) for r in records] == SMOKE_EPOCHS
+    for record, expected in zip(records, reference):
+        np.testing.assert_allclose(
+            record["loss"], expected["loss"], rtol=MULTI_WORKER_RTOL[record["phase"]]
+        )

@@ -233,6 +233,16 @@ def test_deterministic_mode_gives_identical_batches(data_dir):
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other_seed))
 
 
+def test_skip_clips_continues_the_stream_where_a_resumed_run_stopped(data_dir):
+    config = _config(data_dir, stride_jitter=1, flip=True, shuffle_buffer=8)
+    whole = [(v.numpy(), y.numpy()) for v, y in pipeline.train_dataset(config).take(5)]
+    # Three batches taken (12 clips), across the end of the first pass over the train split.
+    resumed = pipeline.train_dataset(config, skip_clips=3 * config.batch_size).take(2)
+    for (video, label), (expected_video, expected_label) in zip(resumed, whole[3:]):
+        np.testing.assert_array_equal(video.numpy(), expected_video)
+        np.testing.assert_array_equal(label.numpy(), expected_label)
+
+
 def test_bad_inputs_give_errors_naming_the_problem(data_dir, tmp_path, caplog):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere.*'train'"):

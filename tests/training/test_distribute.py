@@ -1,0 +1,158 @@
+"""Tests of training/distribute.py and of the checkpoint fallback, in-process and fast.
+
+The strategies themselves run end to end in tests/training/test_train.py (two workers on
+127.0.0.1, and the flag errors); these tests cover the decisions around them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+from absl import app
+
+from kvid_training import distribute, loop, optimization, train
+
+FILE = tf.data.experimental.AutoShardPolicy.FILE
+DATA = tf.data.experimental.AutoShardPolicy.DATA
+
+
+@pytest.fixture
+def two_workers(monkeypatch):
+    """A strategy as the shard and batch checks see it: 2 workers, 4 replicas."""
+    monkeypatch.setattr(distribute, "num_workers", lambda strategy: 2)
+    return types.SimpleNamespace(num_replicas_in_sync=4)
+
+
+def test_auto_shard_by_file_only_when_every_worker_gets_a_file(two_workers):
+    assert distribute.shard_policy("auto", 8, two_workers, "train") == FILE
+    assert distribute.shard_policy("auto", 2, two_workers, "train") == FILE
+    assert distribute.shard_policy("auto", 1, two_workers, "train") == DATA
+    assert distribute.shard_policy("data", 8, two_workers, "train") == DATA
+    with pytest.raises(distribute.StrategyError, match=r"^--auto_shard=file: the train split"):
+        distribute.shard_policy("file", 1, two_workers, "train")
+
+
+def test_one_worker_never_shards_by_file():
+    strategy = tf.distribute.get_strategy()
+    assert distribute.num_workers(strategy) == 1
+    assert distribute.shard_policy("auto", 8, strategy, "train") == DATA
+
+
+def test_global_batch_must_divide_over_the_replicas(two_workers):
+    assert distribute.check_global_batch(8, two_workers, "--batch_size") == 2
+    with pytest.raises(distribute.StrategyError, match=r"^--batch_size=6: .* the 4 replicas"):
+        distribute.check_global_batch(6, two_workers, "--batch_size")
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (None, r"^--strategy=multi_worker: TF_CONFIG is not set"),
+        ("{not json", r"^TF_CONFIG: not a cluster description \(JSONDecodeError"),
+        ('{"cluster": {"worker": ["a:1"]}}', r"^TF_CONFIG: not a cluster description \(KeyError"),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+            r"^TF_CONFIG: .*task index 1 but 1 workers",
+        ),
+    ],
+)
+def test_tf_config_errors_name_the_variable(monkeypatch, value, message):
+    if value is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", value)
+    with pytest.raises(distribute.StrategyError, match=message):
+        distribute.cluster_spec_from_env()
+
+
+def test_default_strategy_is_its_own_chief_and_writes_into_the_workdir(tmp_path):
+    strategy = distribute.create_strategy("default")
+    assert distribute.is_chief(strategy)
+    assert distribute.output_dir(str(tmp_path), strategy) == str(tmp_path)
+    distribute.remove_worker_dir(str(tmp_path), strategy)  # the chief's workdir stays
+    assert tmp_path.is_dir()
+
+
+def test_synchronize_batch_norm_switches_every_batch_norm_once():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(x))
+    model = keras.Model(inputs, x)
+    assert distribute.synchronize_batch_norm(model) == 2
+    assert all(layer.synchronized for layer in model.layers[2::2])
+    assert distribute.synchronize_batch_norm(model) == 0
+    model(np.zeros((2, 8, 8, 3), np.float32), training=True)  # one replica: plain batch norm
+
+
+def _tiny_model() -> keras.Model:
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(3)(inputs))
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    directory = str(tmp_path / "checkpoints")
+    model = _tiny_model()
+    optimizer = optimization.create_optimizer(
+        model, learning_rate=1e-3, total_steps=10, warmup_steps=0, weight_decay=0, grad_clip_norm=0
+    )
+    checkpoint, manager, _ = loop.phase_checkpoint(model, optimizer, directory)
+    assert manager.latest_checkpoint is None
+    saved = {}
+    for step in (1, 2):
+        model.layers[1].kernel.assign(np.full((4, 3), step, np.float32))
+        saved[step] = manager.save(checkpoint_number=step)
+    # The newest checkpoint's data file is cut short, as by a full disk or a partial copy.
+    (data_file,) = glob.glob(saved[2] + ".data-*")
+    with open(data_file, "r+b") as file:
+        file.truncate(os.path.getsize(data_file) // 2)
+
+    restored = _tiny_model()
+    optimizer = optimization.create_optimizer(
+        restored,
+        learning_rate=1e-3,
+        total_steps=10,
+        warmup_steps=0,
+        weight_decay=0,
+        grad_clip_norm=0,
+    )
+    with caplog.at_level("WARNING"):
+        _, manager, _ = loop.phase_checkpoint(restored, optimizer, directory)
+    assert f"checkpoint {saved[2]} cannot be read" in caplog.text
+    assert f"restoring the previous one, {saved[1]}" in caplog.text
+    np.testing.assert_array_equal(restored.layers[1].kernel.numpy(), np.ones((4, 3)))
+    # The manager continues from the restored checkpoint.
+    assert manager.latest_checkpoint == saved[1]
+    assert tf.train.latest_checkpoint(directory) == saved[1]
+
+
+def test_non_chief_waits_for_the_chiefs_dataset(tmp_path, monkeypatch):
+    from kvid_training import synthetic
+
+    data_dir = str(tmp_path / "data")
+    polls = []
+
+    def ready(path, seed, scale):
+        polls.append(path)
+        return len(polls) >= 3  # written by the chief meanwhile
+
+    monkeypatch.setattr(synthetic, "default_dataset_ready", ready)
+    monkeypatch.setattr(train.time, "sleep", lambda seconds: None)
+    train._ensure_data_dir(data_dir, 0, 1.0, generate=True, chief=False)
+    assert polls == [data_dir] * 3
+    assert not os.path.exists(data_dir)  # the worker itself generated nothing
+
+    monkeypatch.setattr(synthetic, "default_dataset_ready", lambda *args: False)
+    monkeypatch.setattr(train, "DATASET_WAIT_SECONDS", 0)
+    with pytest.raises(app.UsageError, match=rf"^--data_dir={data_dir}: the chief has not"):
+        train._ensure_data_dir(data_dir, 0, 1.0, generate=True, chief=False)
+
+
+def test_tpu_without_a_tpu_is_one_line():
+    with pytest.raises(distribute.StrategyError, match=r"^--strategy=tpu: no TPU on this machine"):
+        distribute.create_strategy("tpu")
