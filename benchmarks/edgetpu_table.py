@@ -8,7 +8,7 @@ delegate), and the Edge TPU rule check (`kvid_tflite.edgetpu`, a prediction from
 rules, not the compiler) of the same file: share of ops and of MACs before the predicted cut.
 
 Usage (from the repository root):
-  python benchmarks/edgetpu_table.py                    # ~5 min on the 2-core machine
+  python benchmarks/edgetpu_table.py                    # ~8 min on the shared 2-core machine
   python benchmarks/edgetpu_table.py --presets vmf_tiny,vmf_tiny_edgetpu --runs 20
 """
 
