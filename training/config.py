@@ -59,7 +59,7 @@ class TrainConfig:
         "mixed_bfloat16" (QAT and the exports are always float32).
       sync_batch_norm: batch norm statistics over the global batch instead of per replica.
       auto_shard: how workers split the training files: "auto", "file" or "data"
-        (`distribute.shard_policy`).
+        (`distribute.shard_by_file`).
     """
 
     preset: str

@@ -146,6 +146,17 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
 
 
+def gather_from_workers(strategy: tf.distribute.Strategy, value: int) -> list[int]:
+    """`value` of every replica of the strategy (all workers), in replica order."""
+
+    def replica_fn():
+        context = tf.distribute.get_replica_context()
+        return context.all_gather(tf.constant([value], tf.int64), axis=0)
+
+    gathered = strategy.experimental_local_results(strategy.run(replica_fn))[0]
+    return [int(v) for v in gathered.numpy()]
+
+
 def output_dir(workdir: str, strategy: tf.distribute.Strategy) -> str:
     """Where this process writes: the workdir for the chief, a private temporary folder else."""
     if is_chief(strategy):
@@ -175,38 +186,25 @@ def check_global_batch(batch_size: int, strategy: tf.distribute.Strategy, flag: 
     return batch_size // replicas
 
 
-def shard_policy(
-    policy: str, num_files: int, strategy: tf.distribute.Strategy, split: str
-) -> tf.data.experimental.AutoShardPolicy:
-    """The tf.data auto-shard policy of a split read by several workers.
+def shard_by_file(policy: str, num_files: int, num_pipelines: int, split: str) -> bool:
+    """Whether the input pipelines of a run split a split by file (else by clip).
 
-    "auto" shards by file when every worker gets at least one shard file, and by element (every
-    worker reads all files and keeps its share) otherwise; "file" and "data" force one of them;
-    "off" lets every worker read everything (only for tests of equal replicas).
+    "auto" shards by file when every input pipeline (one per worker) gets at least one file, and
+    by clip otherwise (every pipeline reads every file and keeps its share of each global batch);
+    "file" and "data" force one of them.
 
     Raises:
-      StrategyError: "file" with fewer shard files than workers.
+      StrategyError: "file" with fewer files than input pipelines.
     """
-    workers = num_workers(strategy)
-    if policy == "file" and num_files < workers:
+    if policy == "file" and num_files < num_pipelines:
         raise StrategyError(
-            f"--auto_shard=file: the {split} split has {num_files} shard files for {workers} "
-            "workers, so some workers would get no data; prepare the split into more shard "
-            "files (kvid-prepare) or use --auto_shard=data"
+            f"--auto_shard=file: the {split} split has {num_files} files for {num_pipelines} "
+            "workers, so some workers would get no data; prepare the split into more files "
+            "(kvid-prepare --num_shards) or use --auto_shard=data"
         )
-    policies = tf.data.experimental.AutoShardPolicy
     if policy == "auto":
-        return policies.FILE if num_files >= workers and workers > 1 else policies.DATA
-    return {"file": policies.FILE, "data": policies.DATA, "off": policies.OFF}[policy]
-
-
-def with_shard_policy(
-    dataset: tf.data.Dataset, policy: tf.data.experimental.AutoShardPolicy
-) -> tf.data.Dataset:
-    """`dataset` with its auto-shard policy set."""
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = policy
-    return dataset.with_options(options)
+        return num_pipelines > 1 and num_files >= num_pipelines
+    return policy == "file"
 
 
 def synchronize_batch_norm(model: keras.Model) -> int:

@@ -8,6 +8,7 @@ WORKDIR/export/<phase>/ (see training/workdir.py for the whole layout).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import os
@@ -97,6 +98,37 @@ def phase_checkpoint(
     return checkpoint, manager, epoch
 
 
+def _agree_on_step(
+    phase: str,
+    strategy: tf.distribute.Strategy,
+    checkpoint: tf.train.Checkpoint,
+    manager: tf.train.CheckpointManager,
+    optimizer: keras.optimizers.Optimizer,
+) -> None:
+    """Makes every worker of a restarted multi-worker run resume at the same step.
+
+    Each worker restores its own latest checkpoint; a kill can land between two workers' saves
+    of the same step, so one may be a checkpoint ahead. All then resume from the oldest step any
+    of them restored (the workers save at the same steps, so each has it).
+    """
+    steps = distribute.gather_from_workers(strategy, int(optimizer.iterations.numpy()))
+    common = min(steps)
+    if common == max(steps):
+        return
+    name = f"ckpt-{common}"
+    path = next((p for p in manager.checkpoints if os.path.basename(p) == name), None)
+    if path is None:
+        raise ValueError(
+            f"{manager.directory}: the workers restored steps {sorted(set(steps))} of the "
+            f"{phase} phase and this worker has no checkpoint of step {common}; delete every "
+            "worker's checkpoints of this phase to start it again"
+        )
+    logging.warning(
+        "%s: the workers restored steps %s; all resume from step %d", phase, steps, common
+    )
+    checkpoint.restore(path).assert_existing_objects_matched()
+
+
 def run_phase(
     cfg: config.TrainConfig,
     phase: str,
@@ -140,9 +172,11 @@ def run_phase(
             ),
             metrics=["accuracy"],
         )
-        _, manager, epoch = phase_checkpoint(
+        checkpoint, manager, epoch = phase_checkpoint(
             model, optimizer, workdir.path(cfg.workdir, "checkpoints", phase)
         )
+        if distribute.num_workers(strategy) > 1:
+            _agree_on_step(phase, strategy, checkpoint, manager, optimizer)
     if manager.latest_checkpoint:
         logging.info(
             "%s: resumed from %s (step %d, epoch %d)",
@@ -183,27 +217,12 @@ def run_phase(
         learning_rate,
     )
 
-    num_files = len(glob.glob(dataset.shard_pattern(cfg.data_dir, "train")))
-    policy = distribute.shard_policy(cfg.auto_shard, num_files, strategy, "train")
-    # Clips of this worker's stream per optimizer step: with file sharding every worker reads
-    # its own files and takes its share of the global batch from them; otherwise every worker
-    # walks the whole stream and keeps its share.
-    clips_per_step = cfg.batch_size
-    if policy == tf.data.experimental.AutoShardPolicy.FILE:
-        clips_per_step //= distribute.num_workers(strategy)
     step = start_step
     for initial_epoch, epochs, steps in config.plan_fit_calls(
         start_step, total_steps, cfg.steps_per_epoch
     ):
-        train_data = pipeline.train_dataset(
-            input_config(cfg, training=True, seed=cfg.seed),
-            split="train",
-            skip_clips=step * clips_per_step,
-        )
-        # One-hot labels: CategoricalCrossentropy applies the label smoothing.
-        train_data = train_data.map(functools.partial(_one_hot_labels, num_classes=cfg.num_classes))
         model.fit(
-            distribute.with_shard_policy(train_data, policy),
+            training_data(cfg, strategy, step),
             initial_epoch=initial_epoch,
             epochs=epochs,
             steps_per_epoch=steps,
@@ -211,6 +230,49 @@ def run_phase(
             verbose=cfg.verbose if chief else 0,
         )
         step += (epochs - initial_epoch) * steps
+
+
+def training_data(cfg: config.TrainConfig, strategy: tf.distribute.Strategy, step: int):
+    """The training stream from optimizer step `step` on, for `fit` under `strategy`.
+
+    On one device, the pipeline's dataset. On several replicas, a `DatasetCreator`: each input
+    pipeline (one per worker) builds its own shard of the stream, batched per replica, and the
+    replicas together take one global batch per step (`--auto_shard`,
+    `distribute.shard_by_file`).
+    """
+    one_hot = functools.partial(_one_hot_labels, num_classes=cfg.num_classes)
+    base = input_config(cfg, training=True, seed=cfg.seed)
+    if strategy.num_replicas_in_sync == 1:
+        data = pipeline.train_dataset(base, split="train", skip_clips=step * cfg.batch_size)
+        # One-hot labels: CategoricalCrossentropy applies the label smoothing.
+        return data.map(one_hot)
+    num_files = len(glob.glob(dataset.shard_pattern(cfg.data_dir, "train")))
+    by_file = distribute.shard_by_file(
+        cfg.auto_shard, num_files, distribute.num_workers(strategy), "train"
+    )
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        pipelines = context.num_input_pipelines
+        # Sharded by clip, the pipelines must walk the whole stream in the same order.
+        config_ = dataclasses.replace(
+            base,
+            batch_size=context.get_per_replica_batch_size(cfg.batch_size),
+            deterministic=cfg.deterministic or (pipelines > 1 and not by_file),
+        )
+        # Clips of this pipeline's stream per step: sharded by file, its share of the global
+        # batch; sharded by clip, the skip counts clips of the whole stream.
+        per_step = cfg.batch_size // pipelines if by_file else cfg.batch_size
+        data = pipeline.train_dataset(
+            config_,
+            split="train",
+            skip_clips=step * per_step,
+            num_shards=pipelines,
+            shard_index=context.input_pipeline_id,
+            shard_files=by_file,
+        )
+        return data.map(one_hot)
+
+    return keras.utils.experimental.DatasetCreator(dataset_fn)
 
 
 def export_phase(cfg: config.TrainConfig, phase: str, model: keras.Model) -> None:

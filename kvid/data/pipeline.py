@@ -293,7 +293,13 @@ def _eval_element(config: InputConfig, serialized: tf.Tensor):
 
 
 def train_dataset(
-    config: InputConfig, split: str = "train", repeat: bool = True, skip_clips: int = 0
+    config: InputConfig,
+    split: str = "train",
+    repeat: bool = True,
+    skip_clips: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    shard_files: bool = True,
 ) -> tf.data.Dataset:
     """Shuffled, augmented training batches `(video (B, T, H, W, 3) float32, label (B,) int32)`.
 
@@ -304,8 +310,22 @@ def train_dataset(
     that resumes at step s passes s x batch size and continues with the clips it would have read
     next (the same clips, crops and flips in deterministic mode). Skipped records are read but
     not decoded.
+
+    `num_shards` > 1 gives shard `shard_index` of the stream, for one of several input pipelines
+    (the workers of a multi-worker run): with `shard_files` it reads only every num_shards-th
+    file, else it reads every file and keeps every num_shards-th clip of the whole stream, so the
+    shards together hold exactly the clips of the unsharded stream (`skip_clips` then counts
+    clips of the whole stream).
     """
     files, num_files = _shard_files(config.data_dir, split)
+    if num_shards > 1 and shard_files:
+        if num_files < num_shards:
+            raise ValueError(
+                f"{config.data_dir}: the {split} split has {num_files} files for {num_shards} "
+                "input pipelines sharded by file"
+            )
+        files = files.shard(num_shards, shard_index)
+        num_files = len(range(shard_index, num_files, num_shards))
     info = _dataset_info(config.data_dir)
     _check_span(config, info, config.frame_stride + config.stride_jitter)
     flip_tables = _flip_tables(config, info) if config.flip else None
@@ -328,7 +348,10 @@ def train_dataset(
         records = records.skip(skip_clips)
     # Element indices seed the stateless augmentation (they keep growing across epochs, so every
     # epoch gets new crops).
-    dataset = records.enumerate(start=skip_clips).map(
+    dataset = records.enumerate(start=skip_clips)
+    if num_shards > 1 and not shard_files:
+        dataset = dataset.shard(num_shards, shard_index)
+    dataset = dataset.map(
         functools.partial(_train_element, config, flip_tables),
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,

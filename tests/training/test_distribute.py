@@ -18,30 +18,25 @@ from absl import app
 
 from kvid_training import distribute, loop, optimization, train
 
-FILE = tf.data.experimental.AutoShardPolicy.FILE
-DATA = tf.data.experimental.AutoShardPolicy.DATA
-
 
 @pytest.fixture
 def two_workers(monkeypatch):
-    """A strategy as the shard and batch checks see it: 2 workers, 4 replicas."""
-    monkeypatch.setattr(distribute, "num_workers", lambda strategy: 2)
+    """A strategy as the batch check sees it: 4 replicas."""
     return types.SimpleNamespace(num_replicas_in_sync=4)
 
 
-def test_auto_shard_by_file_only_when_every_worker_gets_a_file(two_workers):
-    assert distribute.shard_policy("auto", 8, two_workers, "train") == FILE
-    assert distribute.shard_policy("auto", 2, two_workers, "train") == FILE
-    assert distribute.shard_policy("auto", 1, two_workers, "train") == DATA
-    assert distribute.shard_policy("data", 8, two_workers, "train") == DATA
+def test_auto_shard_by_file_only_when_every_worker_gets_a_file():
+    assert distribute.shard_by_file("auto", 8, 2, "train")
+    assert distribute.shard_by_file("auto", 2, 2, "train")
+    assert not distribute.shard_by_file("auto", 1, 2, "train")
+    assert not distribute.shard_by_file("auto", 8, 1, "train")  # one pipeline: nothing to split
+    assert not distribute.shard_by_file("data", 8, 2, "train")
     with pytest.raises(distribute.StrategyError, match=r"^--auto_shard=file: the train split"):
-        distribute.shard_policy("file", 1, two_workers, "train")
+        distribute.shard_by_file("file", 1, 2, "train")
 
 
-def test_one_worker_never_shards_by_file():
-    strategy = tf.distribute.get_strategy()
-    assert distribute.num_workers(strategy) == 1
-    assert distribute.shard_policy("auto", 8, strategy, "train") == DATA
+def test_one_worker_outside_multi_worker_strategies():
+    assert distribute.num_workers(tf.distribute.get_strategy()) == 1
 
 
 def test_global_batch_must_divide_over_the_replicas(two_workers):
@@ -156,3 +151,7 @@ def test_non_chief_waits_for_the_chiefs_dataset(tmp_path, monkeypatch):
 def test_tpu_without_a_tpu_is_one_line():
     with pytest.raises(distribute.StrategyError, match=r"^--strategy=tpu: no TPU on this machine"):
         distribute.create_strategy("tpu")
+
+
+def test_gather_from_workers_returns_every_replicas_value():
+    assert distribute.gather_from_workers(tf.distribute.get_strategy(), 7) == [7]

@@ -739,3 +739,44 @@ def test_two_workers_follow_the_single_worker_run(smoke_run, tiny_data_dir, tmp_
         np.testing.assert_allclose(
             record["loss"], expected["loss"], rtol=MULTI_WORKER_RTOL[record["phase"]]
         )
+
+
+@pytest.mark.slow
+def test_mirrored_replicas_and_mixed_precision(smoke_run, tiny_data_dir, tmp_path):
+    """Two replicas on two logical CPU devices follow the single-device losses; a mixed_float16
+    float phase trains and still exports float32 SavedModels and weights."""
+    mirrored = tmp_path / "mirrored"
+    result = run_train(
+        "--flagfile=vmf_smoke.flags",
+        "--strategy=mirrored",
+        "--num_cpu_devices=2",
+        "--sync_batch_norm",
+        f"--data_dir={tiny_data_dir}",
+        f"--workdir={mirrored}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mirrored strategy: 2 replica(s), 2 clips per replica per step" in result.stderr
+    records = callbacks.read_metrics(str(mirrored / "metrics.jsonl"))
+    reference = callbacks.read_metrics(str(smoke_run / "metrics.jsonl"))
+    assert [(r["phase"], r["epoch"], r["step"]) for r in records] == SMOKE_EPOCHS
+    for record, expected in zip(records, reference):
+        np.testing.assert_allclose(
+            record["loss"], expected["loss"], rtol=MULTI_WORKER_RTOL[record["phase"]]
+        )
+
+    mixed = tmp_path / "mixed"
+    result = run_train(
+        "--flagfile=vmf_smoke.flags",
+        "--mixed_precision=mixed_float16",
+        f"--data_dir={tiny_data_dir}",
+        f"--workdir={mixed}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_records(mixed) == SMOKE_EPOCHS
+    for phase in ("float", "qat"):
+        assert all(
+            v.dtype == np.float32 for v in h5_arrays(mixed / f"export/{phase}.weights.h5").values()
+        )
+        served = tf.saved_model.load(str(mixed / "export" / phase)).signatures["serving_default"]
+        assert served.structured_outputs["logits"].dtype == tf.float32
+        assert served.structured_input_signature[1]["video"].dtype == tf.float32

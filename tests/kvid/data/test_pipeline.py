@@ -243,6 +243,21 @@ def test_skip_clips_continues_the_stream_where_a_resumed_run_stopped(data_dir):
         np.testing.assert_array_equal(label.numpy(), expected_label)
 
 
+def test_shards_by_clip_hold_exactly_the_clips_of_the_whole_stream(data_dir):
+    config = _config(data_dir, batch_size=2, shuffle_buffer=8)
+    whole = pipeline.train_dataset(dataclasses.replace(config, batch_size=4), skip_clips=4)
+    shards = [
+        pipeline.train_dataset(
+            config, skip_clips=4, num_shards=2, shard_index=index, shard_files=False
+        )
+        for index in (0, 1)
+    ]
+    for expected, first, second in zip(whole.take(3), shards[0].take(3), shards[1].take(3)):
+        clips = np.concatenate([first[0], second[0]])
+        order = [0, 2, 1, 3]  # shard i holds the clips i, i + 2 of each global batch
+        np.testing.assert_array_equal(clips[np.argsort(order)], expected[0].numpy())
+
+
 def test_bad_inputs_give_errors_naming_the_problem(data_dir, tmp_path, caplog):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere.*'train'"):
