@@ -46,87 +46,121 @@ def _one_hot_labels(video: tf.Tensor, label: tf.Tensor, num_classes: int):
     return video, tf.one_hot(label, num_classes)
 
 
+def _checkpoint_step(path: str) -> int:
+    """The optimizer step of a phase checkpoint (they are numbered by it: `ckpt-<step>`)."""
+    return int(path.rsplit("-", 1)[1])
+
+
+def _unreadable(path: str) -> str | None:
+    """Why the checkpoint at `path` cannot be read, or None when every tensor of it reads.
+
+    Only files are read (no variable is touched), so every worker of a multi-worker run can
+    check its own checkpoints before they agree on which one to restore together.
+    """
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_dtype_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError) as error:
+        return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+    return None
+
+
 def phase_checkpoint(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, directory: str
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    directory: str,
+    agree: Callable[[int], int] | None = None,
 ) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager, tf.Variable]:
     """A phase's checkpoint (model, optimizer with its step counter, completed epochs), restored
     from the newest readable one in `directory` if there is one.
 
     A checkpoint that cannot be read (truncated or corrupt files, e.g. a disk that filled up or a
     copy cut short) is skipped with a warning naming it, and the one before it is restored; the
-    manager then continues from there, and its next save replaces the skipped one.
+    checkpoint state file then forgets the newer ones, so the manager continues from there.
+
+    Args:
+      model: the phase's model.
+      optimizer: its optimizer, built.
+      directory: the phase's checkpoint folder.
+      agree: for multi-worker runs, maps this worker's newest readable step (0: none) to the step
+        all workers restore (the oldest of theirs: a kill can land between two workers' saves of
+        the same step). 0 starts the phase from scratch.
 
     Returns:
       (checkpoint, manager, epoch variable); `manager.latest_checkpoint` is the restored one, or
       None when the phase starts from scratch.
 
     Raises:
-      ValueError: none of the phase's checkpoints can be read.
+      ValueError: no checkpoint can be read, or none of the agreed step.
     """
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
     candidates = list(reversed(manager.checkpoints))
-    for position, path in enumerate(candidates):
-        try:
-            checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as error:
-            reason = " ".join(str(error).split())[:200]
-            fallback = candidates[position + 1] if position + 1 < len(candidates) else None
-            logging.warning(
-                "checkpoint %s cannot be read (%s: %s); %s",
-                path,
-                type(error).__name__,
-                reason,
-                f"restoring the previous one, {fallback}" if fallback else "none is left",
-            )
-            continue
-        if position:
-            # The checkpoint state file forgets the unreadable ones, so the manager (recreated
-            # from it) continues from the restored checkpoint.
-            kept = list(reversed(candidates[position:]))
-            tf.compat.v1.train.update_checkpoint_state(
-                directory, model_checkpoint_path=path, all_model_checkpoint_paths=kept
-            )
-            manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
-        return checkpoint, manager, epoch
-    if candidates:
+    readable = []
+    for path in candidates:
+        if _readable_or_warn(path, candidates):
+            readable.append(path)
+            if agree is None:  # only the newest readable one is needed
+                break
+    if candidates and not readable and agree is None:
         raise ValueError(
             f"{directory}: none of the checkpoints {', '.join(candidates)} can be read; "
             "delete the folder to start the phase again"
         )
+    chosen = readable[0] if readable else None
+    if agree is not None:
+        own = _checkpoint_step(chosen) if chosen else 0
+        step = agree(own)
+        if step != own:
+            logging.warning("the workers resume from step %d (this one had step %d)", step, own)
+            chosen = next((p for p in readable if _checkpoint_step(p) == step), None)
+            if step and chosen is None:
+                raise ValueError(
+                    f"{directory}: the workers resume from step {step} of this phase, and this "
+                    "worker has no readable checkpoint of it; delete every worker's checkpoints "
+                    "of this phase to start it again"
+                )
+    if chosen is None:
+        return checkpoint, manager, epoch
+    checkpoint.restore(chosen).assert_existing_objects_matched()
+    if chosen != manager.latest_checkpoint:
+        # The state file forgets the newer checkpoints, so the manager (recreated from it)
+        # continues from the restored one and its next saves replace them.
+        state = tf.train.get_checkpoint_state(directory)
+        kept = [
+            (path, stamp)
+            for path, stamp in zip(
+                state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps
+            )
+            if _checkpoint_step(path) <= _checkpoint_step(chosen)
+        ]
+        tf.compat.v1.train.update_checkpoint_state(
+            directory,
+            model_checkpoint_path=chosen,
+            all_model_checkpoint_paths=[path for path, _ in kept],
+            all_model_checkpoint_timestamps=[stamp for _, stamp in kept],
+            last_preserved_timestamp=state.last_preserved_timestamp,
+        )
+        manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
     return checkpoint, manager, epoch
 
 
-def _agree_on_step(
-    phase: str,
-    strategy: tf.distribute.Strategy,
-    checkpoint: tf.train.Checkpoint,
-    manager: tf.train.CheckpointManager,
-    optimizer: keras.optimizers.Optimizer,
-) -> None:
-    """Makes every worker of a restarted multi-worker run resume at the same step.
-
-    Each worker restores its own latest checkpoint; a kill can land between two workers' saves
-    of the same step, so one may be a checkpoint ahead. All then resume from the oldest step any
-    of them restored (the workers save at the same steps, so each has it).
-    """
-    steps = distribute.gather_from_workers(strategy, int(optimizer.iterations.numpy()))
-    common = min(steps)
-    if common == max(steps):
-        return
-    name = f"ckpt-{common}"
-    path = next((p for p in manager.checkpoints if os.path.basename(p) == name), None)
-    if path is None:
-        raise ValueError(
-            f"{manager.directory}: the workers restored steps {sorted(set(steps))} of the "
-            f"{phase} phase and this worker has no checkpoint of step {common}; delete every "
-            "worker's checkpoints of this phase to start it again"
-        )
+def _readable_or_warn(path: str, candidates: list[str]) -> bool:
+    """Whether a checkpoint reads; if not, a warning names it and the one restored instead."""
+    reason = _unreadable(path)
+    if reason is None:
+        return True
+    older = candidates[candidates.index(path) + 1 :]
+    fallback = next((p for p in older if _unreadable(p) is None), None)
     logging.warning(
-        "%s: the workers restored steps %s; all resume from step %d", phase, steps, common
+        "checkpoint %s cannot be read (%s); %s",
+        path,
+        reason,
+        f"restoring the previous one, {fallback}" if fallback else "none is left",
     )
-    checkpoint.restore(path).assert_existing_objects_matched()
+    return False
 
 
 def run_phase(
@@ -172,12 +206,16 @@ def run_phase(
             ),
             metrics=["accuracy"],
         )
-        checkpoint, manager, epoch = phase_checkpoint(
-            model, optimizer, workdir.path(cfg.workdir, "checkpoints", phase)
-        )
+        agree = None
         if distribute.num_workers(strategy) > 1:
-            _agree_on_step(phase, strategy, checkpoint, manager, optimizer)
-    if manager.latest_checkpoint:
+
+            def agree(step: int) -> int:
+                return min(distribute.gather_from_workers(strategy, step))
+
+        _, manager, epoch = phase_checkpoint(
+            model, optimizer, workdir.path(cfg.workdir, "checkpoints", phase), agree
+        )
+    if int(optimizer.iterations.numpy()):
         logging.info(
             "%s: resumed from %s (step %d, epoch %d)",
             phase,

@@ -123,7 +123,15 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
     np.testing.assert_array_equal(restored.layers[1].kernel.numpy(), np.ones((4, 3)))
     # The manager continues from the restored checkpoint.
     assert manager.latest_checkpoint == saved[1]
+    assert manager.checkpoints == [saved[1]]
     assert tf.train.latest_checkpoint(directory) == saved[1]
+    # ... and keeps rotating: a new manager over the folder sees both.
+    model.layers[1].kernel.assign(np.full((4, 3), 3, np.float32))
+    saved[3] = manager.save(checkpoint_number=3)
+    assert tf.train.CheckpointManager(tf.train.Checkpoint(), directory, 3).checkpoints == [
+        saved[1],
+        saved[3],
+    ]
 
 
 def test_non_chief_waits_for_the_chiefs_dataset(tmp_path, monkeypatch):
