@@ -156,7 +156,10 @@ def convert_keras_model(
 
     _check_layout(input_layout)
     clip_shape = tuple(model.input_shape[1:])
-    input_shape = layout_input_shape(clip_shape, input_layout)
+    # Any input rank as it is (image models too); frame stacking needs a (T, H, W, C) clip.
+    input_shape = clip_shape
+    if input_layout != "clip":
+        input_shape = layout_input_shape(clip_shape, input_layout)
     spec = tf.TensorSpec([1, *input_shape], tf.float32, name="video")
 
     def serving(video):

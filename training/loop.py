@@ -98,6 +98,10 @@ def phase_checkpoint(
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
     candidates = list(reversed(manager.checkpoints))
+    # A state file without timestamps (written by hand or by other tools) lists no checkpoints
+    # for the manager; its latest one still counts.
+    if manager.latest_checkpoint and manager.latest_checkpoint not in candidates:
+        candidates.insert(0, manager.latest_checkpoint)
     readable = []
     for path in candidates:
         if _readable_or_warn(path, candidates):

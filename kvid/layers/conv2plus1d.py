@@ -232,8 +232,8 @@ class Conv2Plus1D(QuantizableLayer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        kernel_size = _triple(kernel_size)
-        strides = _triple(strides)
+        kernel_size = as_triple(kernel_size)
+        strides = as_triple(strides)
         if kernel_size[1] != kernel_size[2] or strides[1] != strides[2]:
             raise ValueError(f"{self.name}: spatial kernels and strides must be square.")
         self.kernel_size = kernel_size
@@ -319,10 +319,11 @@ class Conv2Plus1D(QuantizableLayer):
         return config
 
 
-def _triple(value) -> tuple[int, int, int]:
+def as_triple(value) -> tuple[int, int, int]:
+    """A (time, height, width) size from an int (a 1 x n x n spatial size) or three sizes."""
     if isinstance(value, int):
         return (1, value, value)
     value = tuple(int(v) for v in value)
-    if len(value) != 3:
-        raise ValueError(f"Expected an int or 3 values (time, height, width), got {value}.")
+    if len(value) != 3 or min(value) < 1:
+        raise ValueError(f"Expected an int or 3 positive sizes (time, height, width), got {value}.")
     return value

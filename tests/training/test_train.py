@@ -677,6 +677,17 @@ MULTI_WORKER_RTOL = {"float": 1e-3, "qat": 1e-2}
 MULTI_WORKER_TIMEOUT = 600
 
 
+def assert_same_losses(run_dir: Path, reference_dir: Path) -> None:
+    """The runs logged the same epochs, with losses within MULTI_WORKER_RTOL."""
+    records = callbacks.read_metrics(str(run_dir / "metrics.jsonl"))
+    reference = callbacks.read_metrics(str(reference_dir / "metrics.jsonl"))
+    assert [(r["phase"], r["epoch"], r["step"]) for r in records] == SMOKE_EPOCHS
+    for record, expected in zip(records, reference):
+        np.testing.assert_allclose(
+            record["loss"], expected["loss"], rtol=MULTI_WORKER_RTOL[record["phase"]]
+        )
+
+
 def _free_ports(count: int) -> list[int]:
     import socket
 
@@ -732,13 +743,7 @@ def test_two_workers_follow_the_single_worker_run(smoke_run, tiny_data_dir, tmp_
     # The other worker saved into a temporary folder of its own and removed it at the end.
     assert not (tmp_path / "worker1").exists()
 
-    records = callbacks.read_metrics(str(chief / "metrics.jsonl"))
-    reference = callbacks.read_metrics(str(smoke_run / "metrics.jsonl"))
-    assert [(r["phase"], r["epoch"], r["step"]) for r in records] == SMOKE_EPOCHS
-    for record, expected in zip(records, reference):
-        np.testing.assert_allclose(
-            record["loss"], expected["loss"], rtol=MULTI_WORKER_RTOL[record["phase"]]
-        )
+    assert_same_losses(chief, smoke_run)
 
 
 @pytest.mark.slow
@@ -756,13 +761,7 @@ def test_mirrored_replicas_and_mixed_precision(smoke_run, tiny_data_dir, tmp_pat
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mirrored strategy: 2 replica(s), 2 clips per replica per step" in result.stderr
-    records = callbacks.read_metrics(str(mirrored / "metrics.jsonl"))
-    reference = callbacks.read_metrics(str(smoke_run / "metrics.jsonl"))
-    assert [(r["phase"], r["epoch"], r["step"]) for r in records] == SMOKE_EPOCHS
-    for record, expected in zip(records, reference):
-        np.testing.assert_allclose(
-            record["loss"], expected["loss"], rtol=MULTI_WORKER_RTOL[record["phase"]]
-        )
+    assert_same_losses(mirrored, smoke_run)
 
     mixed = tmp_path / "mixed"
     result = run_train(

@@ -20,8 +20,9 @@ import numpy as np
 from kvid.backend import keras, tf
 from kvid.layers.attention import merge_heads, split_heads
 from kvid.layers.base import QuantizableLayer, build_sublayer, register
+from kvid.layers.conv2plus1d import as_triple
 from kvid.layers.layer_norm import LayerNorm
-from kvid.models.dualformer.tubelet_conv import TubeletConv, as_triple
+from kvid.models.dualformer.tubelet_conv import TubeletConv
 
 # The reference's first coarse pooling kernel ("1, 7, 7" in GPAttention).
 COARSE_FIRST_KERNEL = (1, 7, 7)

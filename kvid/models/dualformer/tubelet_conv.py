@@ -20,15 +20,7 @@ import numpy as np
 
 from kvid.backend import keras, tf
 from kvid.layers.base import QuantizableLayer, build_sublayer, register
-
-
-def as_triple(value) -> tuple[int, int, int]:
-    if isinstance(value, int):
-        return (1, value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 3 or min(value) < 1:
-        raise ValueError(f"Expected an int or 3 positive sizes (time, height, width), got {value}.")
-    return value
+from kvid.layers.conv2plus1d import as_triple
 
 
 def conv3d_kernel_to_tubelet(weight: np.ndarray, depthwise: bool) -> np.ndarray:

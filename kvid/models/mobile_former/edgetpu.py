@@ -22,7 +22,12 @@ from __future__ import annotations
 
 from kvid.backend import keras, tf
 from kvid.layers.base import QuantizableLayer, build_sublayer, register
-from kvid.layers.conv2plus1d import apply_activation, every_nth_frame, symmetric_pad
+from kvid.layers.conv2plus1d import (
+    apply_activation,
+    as_triple,
+    every_nth_frame,
+    symmetric_pad,
+)
 from kvid.models.mobile_former.dynamic_relu import DynamicReLU, hard_sigmoid
 
 ACTIVATIONS = (None, "relu6")
@@ -82,8 +87,8 @@ class StackedConv(QuantizableLayer):
     ):
         super().__init__(**kwargs)
         _check_activation(self, activation)
-        kernel_size = _triple(kernel_size)
-        strides = _triple(strides)
+        kernel_size = as_triple(kernel_size)
+        strides = as_triple(strides)
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
@@ -324,14 +329,7 @@ class PooledMobile2Former(QuantizableLayer):
         self.bn_momentum = bn_momentum
 
     def build(self, input_shape):
-        feature_shape, token_shape = input_shape
-        stacked, frame_width, channels = (int(d) for d in feature_shape[1:])
-        width, grid = int(token_shape[-1]), self.grid_size
-        if stacked % self.num_frames or (stacked // self.num_frames) % grid or frame_width % grid:
-            raise ValueError(
-                f"{self.name}: {self.num_frames} frames of {stacked // self.num_frames}x"
-                f"{frame_width} do not tile into a {grid}x{grid} grid."
-            )
+        stacked, frame_width, channels, width, grid = _bridge_shapes(self, input_shape)
         self.update = keras.layers.Dense(width, name="update")
         build_sublayer(self.update, (None, self.num_frames * grid * grid * channels))
         if self.dynamic_gate:
@@ -463,14 +461,7 @@ class GatedFormer2Mobile(QuantizableLayer):
         self.grid_size = grid_size
 
     def build(self, input_shape):
-        feature_shape, token_shape = input_shape
-        stacked, frame_width, channels = (int(d) for d in feature_shape[1:])
-        width, grid = int(token_shape[-1]), self.grid_size
-        if stacked % self.num_frames or (stacked // self.num_frames) % grid or frame_width % grid:
-            raise ValueError(
-                f"{self.name}: {self.num_frames} frames of {stacked // self.num_frames}x"
-                f"{frame_width} do not tile into a {grid}x{grid} grid."
-            )
+        stacked, frame_width, channels, width, grid = _bridge_shapes(self, input_shape)
         cells = self.num_frames * grid * grid * channels
         self.hidden = keras.layers.Dense(self.hidden_units, name="hidden")
         self.gate = keras.layers.Dense(cells, name="gate")
@@ -605,13 +596,19 @@ class StackedPooledTokenConcat(QuantizableLayer):
         return config
 
 
-def _triple(value) -> tuple[int, int, int]:
-    if isinstance(value, int):
-        return (1, value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 3:
-        raise ValueError(f"Expected an int or 3 values (time, height, width), got {value}.")
-    return value
+def _bridge_shapes(layer, input_shape) -> tuple[int, int, int, int, int]:
+    """(stacked height, frame width, channels, token width, grid size) of a bridge's
+    `(features, tokens)` inputs; the frames must tile into the layer's grid."""
+    feature_shape, token_shape = input_shape
+    stacked, frame_width, channels = (int(d) for d in feature_shape[1:])
+    width, grid = int(token_shape[-1]), layer.grid_size
+    frames = layer.num_frames
+    if stacked % frames or (stacked // frames) % grid or frame_width % grid:
+        raise ValueError(
+            f"{layer.name}: {frames} frames of {stacked // frames}x{frame_width} do not tile "
+            f"into a {grid}x{grid} grid."
+        )
+    return stacked, frame_width, channels, width, grid
 
 
 __all__ = [
