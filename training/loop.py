@@ -104,7 +104,7 @@ def phase_checkpoint(
         candidates.insert(0, manager.latest_checkpoint)
     readable = []
     for path in candidates:
-        if _readable_or_warn(path, candidates):
+        if _readable_or_warn(path):
             readable.append(path)
             if agree is None:  # only the newest readable one is needed
                 break
@@ -151,20 +151,12 @@ def phase_checkpoint(
     return checkpoint, manager, epoch
 
 
-def _readable_or_warn(path: str, candidates: list[str]) -> bool:
-    """Whether a checkpoint reads; if not, a warning names it and the one restored instead."""
+def _readable_or_warn(path: str) -> bool:
+    """Whether a checkpoint reads; if not, a warning names it and why."""
     reason = _unreadable(path)
-    if reason is None:
-        return True
-    older = candidates[candidates.index(path) + 1 :]
-    fallback = next((p for p in older if _unreadable(p) is None), None)
-    logging.warning(
-        "checkpoint %s cannot be read (%s); %s",
-        path,
-        reason,
-        f"restoring the previous one, {fallback}" if fallback else "none is left",
-    )
-    return False
+    if reason is not None:
+        logging.warning("checkpoint %s cannot be read (%s); trying the one before it", path, reason)
+    return reason is None
 
 
 def run_phase(

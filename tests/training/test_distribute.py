@@ -20,7 +20,7 @@ from kvid_training import distribute, loop, optimization, train
 
 
 @pytest.fixture
-def two_workers(monkeypatch):
+def two_workers():
     """A strategy as the batch check sees it: 4 replicas."""
     return types.SimpleNamespace(num_replicas_in_sync=4)
 
@@ -119,7 +119,6 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
     with caplog.at_level("WARNING"):
         _, manager, _ = loop.phase_checkpoint(restored, optimizer, directory)
     assert f"checkpoint {saved[2]} cannot be read" in caplog.text
-    assert f"restoring the previous one, {saved[1]}" in caplog.text
     np.testing.assert_array_equal(restored.layers[1].kernel.numpy(), np.ones((4, 3)))
     # The manager continues from the restored checkpoint.
     assert manager.latest_checkpoint == saved[1]
