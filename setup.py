@@ -27,7 +27,11 @@ setup(
         "av",
         "matplotlib",
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist", "ruff", "hypothesis"]},
+    extras_require={
+        "dev": ["pytest", "pytest-xdist", "ruff", "hypothesis"],
+        # kvid-prepare as an Apache Beam pipeline (Dataflow, Flink, Spark; DirectRunner locally).
+        "beam": ["apache-beam>=2.77,<3"],
+    },
     entry_points={
         "console_scripts": [
             "kvid-benchmark=kvid_tflite.benchmark:run",
