@@ -3,7 +3,8 @@
 ```
 WORKDIR/model.json            preset, num_classes, overrides, input_shape [T, H, W, 3], labels,
                               order_pairs, normalization, data_dir,
-                              input {num_frames, image_size, frame_stride}
+                              input {num_frames, image_size, frame_stride},
+                              reference (a ported workdir's only: see `model_json`)
 WORKDIR/label_map.json        class names in label order
 WORKDIR/export/float/         SavedModel, signature serving_default: "video" -> "logits"
 WORKDIR/export/qat/           the same for the quantization-aware model (optional)
@@ -48,6 +49,7 @@ def model_json(
     order_pairs: Sequence[Sequence[str]],
     normalization: dict[str, Any],
     data_dir: str,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `model.json` document: how to rebuild the model and how to feed it.
 
@@ -62,9 +64,15 @@ def model_json(
       order_pairs: class pairs that are each other's time reversal (evaluation reports them).
       normalization: {"mean", "std"} of the input normalisation inside the model (informative).
       data_dir: the dataset the model was trained on (for calibration and evaluation).
+      reference: for a model ported from a reference checkpoint (`kvid-port`), the reference
+        configuration it was built from: `{"family", "constructor", "num_frames", "image_size",
+        "normalization": {"mean", "std"}}` (plus `"inflate"` for an image checkpoint inflated to
+        video). `kvid.models.reference_build.build_reference_model(reference)` rebuilds the
+        model whose weights are in `export/`; `preset` then names no registered preset.
+        Omitted (the key is absent) for a trained workdir.
     """
     height, width = (int(v) for v in image_size)
-    return {
+    document = {
         "preset": preset,
         "num_classes": int(num_classes),
         "overrides": dict(overrides),
@@ -79,6 +87,9 @@ def model_json(
             "frame_stride": int(frame_stride),
         },
     }
+    if reference is not None:
+        document["reference"] = dict(reference)
+    return document
 
 
 def write_json(file_path: str, value: Any) -> None:
@@ -111,6 +122,9 @@ class Workdir:
     data_dir: str | None
     frame_stride: int
     raw: dict[str, Any]
+    # The reference configuration of a ported workdir (`model_json`'s `reference`); None for a
+    # trained one.
+    reference: dict[str, Any] | None = None
 
     @property
     def export_dir(self) -> str:
@@ -209,7 +223,17 @@ def load_workdir(path: str) -> Workdir:
         data_dir=data_dir,
         frame_stride=int(input_info.get("frame_stride", 1)),
         raw=raw,
+        reference=_read_reference(raw.get("reference"), json_path),
     )
+
+
+def _read_reference(reference: Any, where: str) -> dict[str, Any] | None:
+    """model.json's optional `reference`, checked to name a family and a constructor."""
+    if reference is None:
+        return None
+    if not isinstance(reference, dict) or not {"family", "constructor"} <= set(reference):
+        raise WorkdirError(f"{where}: 'reference' is not an object with 'family' and 'constructor'")
+    return dict(reference)
 
 
 def resolve_order_pairs(
