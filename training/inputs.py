@@ -54,7 +54,8 @@ def _seconds(text: str | None, where: str, column: str) -> float | None:
 def read_manifest(csv_path: str, classes: Sequence[str] | None = None) -> Inputs:
     """Reads a `path,label[,id][,start,end]` CSV (the Kinetics layout, times in seconds).
 
-    Relative paths resolve against the CSV's folder. Without `classes`, the sorted set of labels
+    Relative paths resolve against the CSV's folder; a path with a scheme (gs://...) is kept as
+    it is, for the Beam pipeline's workers to fetch. Without `classes`, the sorted set of labels
     in the CSV is used; with it, an unknown label is an error naming the file and line.
     """
     base = os.path.dirname(os.path.abspath(csv_path))
@@ -92,7 +93,7 @@ def read_manifest(csv_path: str, classes: Sequence[str] | None = None) -> Inputs
         rows.append(
             _row(
                 line,
-                os.path.join(base, path),
+                path if "://" in path else os.path.join(base, path),
                 label,
                 _class_index(classes, where, label),
                 clip_id,

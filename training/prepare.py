@@ -17,23 +17,28 @@ same command again keeps the shards that are finished and redoes the others. Exa
     kvid-prepare --csv=/data/clips/train.csv --out_dir=/data/kvid --split=train
     kvid-prepare --folder=/data/by_class --out_dir=/data/kvid --split=train --fps=10
 
-Preparing several splits into one `out_dir` keeps one `dataset.json` describing all of them.
+Preparing several splits into one `out_dir` keeps one `dataset.json` describing all of them, and
+`label_map.json` (the class order, as in a workdir) beside the shards: preparing into an
+`out_dir` whose label map orders the classes differently is an error. `python -m
+kvid_training.beam_prepare` runs the same work as an Apache Beam pipeline.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
+import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
 import multiprocessing.pool
 import os
 import struct
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
@@ -41,11 +46,15 @@ from absl import logging
 import kvid.cli
 from kvid.data.dataset import (
     DATASET_INFO,
+    LABEL_MAP,
+    check_label_map,
     encode_clip,
     read_dataset_info,
     shard_path,
     shard_pattern,
+    stored_classes,
     write_dataset_info,
+    write_label_map,
 )
 from kvid.data.video import DecodeError, decode_frames, encode_jpeg
 from kvid_training.inputs import Inputs, read_folder, read_manifest, read_ssv2
@@ -152,10 +161,18 @@ def _fingerprint(rows: Sequence[dict], classes: Sequence[str], settings: dict) -
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
+def _gfile():
+    """`tf.io.gfile`: the shard files may be local or on any filesystem TensorFlow writes
+    (gs://...), which a Beam run on remote workers needs."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
 def count_records(path: str) -> int | None:
     """Records in a TFRecord file, read from its framing alone; None if the file is cut short."""
-    count, size = 0, os.path.getsize(path)
-    with open(path, "rb") as f:
+    count, size = 0, _gfile().stat(path).length
+    with _gfile().GFile(path, "rb") as f:
         offset = 0
         while offset < size:
             header = f.read(12)  # uint64 length, uint32 CRC of the length
@@ -176,20 +193,30 @@ def _state_path(shard: str) -> str:
 
 def _finished_state(shard: str, fingerprint: str) -> dict | None:
     """The state of a shard written by a run of the same job, None unless the shard is whole."""
+    import tensorflow as tf
+
+    gfile = tf.io.gfile
     try:
-        with open(_state_path(shard), encoding="utf-8") as f:
+        with gfile.GFile(_state_path(shard)) as f:
             state = json.load(f)
-        if state.get("fingerprint") != fingerprint or os.path.getsize(shard) != state["bytes"]:
+        if state.get("fingerprint") != fingerprint or gfile.stat(shard).length != state["bytes"]:
             return None
         return state if count_records(shard) == state["num_clips"] else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (tf.errors.OpError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 def _write_json(path: str, value: Any) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
+    with _gfile().GFile(path + ".tmp", "w") as f:
+        f.write(json.dumps(value, indent=1))
+    _gfile().rename(path + ".tmp", path, overwrite=True)
+
+
+def _remove(path: str) -> None:
+    import tensorflow as tf
+
+    with contextlib.suppress(tf.errors.NotFoundError):
+        tf.io.gfile.remove(path)
 
 
 def failures_path(out_dir: str, split: str, shard_index: int | None, num_shards: int) -> str:
@@ -201,10 +228,9 @@ def failures_path(out_dir: str, split: str, shard_index: int | None, num_shards:
 
 def _remove_stale_shards(out_dir: str, split: str, keep: Sequence[str]) -> None:
     """Removes the split's shards of another shard count (a glob would still match them)."""
-    for stale in sorted(set(glob.glob(shard_pattern(out_dir, split))) - set(keep)):
+    for stale in sorted(set(_gfile().glob(shard_pattern(out_dir, split))) - set(keep)):
         for path in (stale, _state_path(stale)):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+            _remove(path)
 
 
 def _totals(states: Sequence[dict], classes: Sequence[str]) -> dict:
@@ -226,6 +252,212 @@ def _totals(states: Sequence[dict], classes: Sequence[str]) -> dict:
         max_frames=max((s["max_frames"] for s in states if s["num_clips"]), default=0),
         frame_size=list(next(iter(sizes))) if len(sizes) == 1 else None,
     )
+
+
+class Clip(NamedTuple):
+    """What one input became: its SequenceExample, or the failure record saying why not."""
+
+    row: dict
+    example: bytes | None  # the serialized SequenceExample; None when the input failed
+    failure: dict | None  # {path, line, reason}; None when the input became a clip
+    num_frames: int
+    frame_size: list[int] | None  # [height, width] of its frames
+
+
+def prepare_clips(rows: Iterable[dict], options: tuple, pool: WorkerPool) -> Iterator[Clip]:
+    """Each input row's `Clip`, in row order: the one per-video function of kvid-prepare, run
+    by the local command and by the Beam pipeline alike.
+
+    The video is decoded and JPEG-encoded in `pool`'s worker processes (`_load_clip`, under the
+    pool's timeout: a file that hangs or crashes its decoder fails alone); the JPEGs become a
+    SequenceExample here. `options` is `(frame_size, max_frames, fps, max_seconds, quality)`.
+    """
+    rows, listed = itertools.tee(rows)
+    jobs = ((row["path"], row["start"], row["end"], options) for row in listed)
+    for row, (value, failure) in zip(rows, pool.imap(jobs)):
+        jpegs, size, reason = value if failure is None else (None, None, failure)
+        if reason is not None:
+            logging.warning("Skipping %s: %s", row["path"], reason)
+            failed = dict(path=row["path"], line=row["line"], reason=reason)
+            yield Clip(row, None, failed, 0, None)
+            continue
+        example = encode_clip(jpegs, row["label_index"], row["label"], row["id"])
+        yield Clip(row, example, None, len(jpegs), size)
+
+
+def new_shard_state(fingerprint: str, num_inputs: int, classes: Sequence[str]) -> dict:
+    """The state file of a shard before any clip: what `write_shard` fills in."""
+    return dict(
+        fingerprint=fingerprint,
+        num_inputs=num_inputs,
+        num_clips=0,
+        failures=[],
+        label_counts=dict.fromkeys(classes, 0),
+        min_frames=0,
+        max_frames=0,
+        frame_sizes=[],
+    )
+
+
+def write_shard(path: str, clips: Iterable[Clip], state: dict) -> dict:
+    """Writes the clips of one shard, in order, and then its state file; returns the state.
+
+    The shard is written under a temporary name and renamed when complete; the state file is
+    written last, so a shard counts as finished only once both are on disk.
+    """
+    lengths = []
+    with _writer(path + ".partial") as writer:
+        for clip in clips:
+            if clip.failure is not None:
+                state["failures"].append(clip.failure)
+                continue
+            writer.write(clip.example)
+            lengths.append(clip.num_frames)
+            state["label_counts"][clip.row["label"]] += 1
+            if clip.frame_size not in state["frame_sizes"]:
+                state["frame_sizes"].append(clip.frame_size)
+    if len(lengths) + len(state["failures"]) != state["num_inputs"]:
+        _remove(path + ".partial")
+        raise RuntimeError(f"{path}: {state['num_inputs']} inputs expected, got another count.")
+    _remove(_state_path(path))
+    _gfile().rename(path + ".partial", path, overwrite=True)
+    state.update(
+        num_clips=len(lengths),
+        min_frames=min(lengths, default=0),
+        max_frames=max(lengths, default=0),
+        bytes=_gfile().stat(path).length,
+    )
+    _write_json(_state_path(path), state)
+    return state
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+    """What a run of one split does: its inputs dealt to shards, the shards still to write."""
+
+    inputs: Inputs
+    out_dir: str
+    split: str
+    num_shards: int
+    shard_index: int | None
+    options: tuple  # (frame_size, max_frames, fps, max_seconds, jpeg_quality)
+    fingerprint: str
+    per_shard: list[list[dict]]  # the rows of each shard, in the order they are written
+    paths: list[str]  # every shard's path
+    mine: list[int]  # the shards this run is responsible for
+    states: dict[int, dict | None]  # state of each finished shard, None for the others
+    todo: list[int]  # shards of `mine` not yet finished
+
+    @property
+    def classes(self) -> list[str]:
+        return self.inputs.classes
+
+
+def plan_split(
+    source: str | Inputs,
+    out_dir: str,
+    split: str,
+    classes: Sequence[str] | None = None,
+    num_shards: int | None = None,
+    frame_size: int | tuple[int, int] | None = None,
+    max_frames: int | None = None,
+    jpeg_quality: int = 90,
+    shuffle_seed: int | None = 0,
+    fps: float | None = None,
+    max_seconds: float | None = None,
+    shard_index: int | None = None,
+) -> SplitPlan:
+    """Reads the inputs, deals them to shards and finds the shards already finished (see
+    `prepare_split` for the arguments); removes the leftovers of a run killed while writing."""
+    inputs = source if isinstance(source, Inputs) else read_manifest(source, classes)
+    rows, classes = inputs.rows, inputs.classes
+    if not rows:
+        raise ValueError(f"{inputs.source}: lists no video.")
+    if shard_index is None:
+        if num_shards is None:
+            num_shards = min(64, math.ceil(len(rows) / _CLIPS_PER_SHARD))
+        num_shards = max(1, min(num_shards, len(rows)))
+    elif num_shards is None or not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard_index={shard_index} needs --num_shards greater than it.")
+    if isinstance(frame_size, Sequence):
+        frame_size = (int(frame_size[0]), int(frame_size[1]))
+    options = (frame_size, max_frames, fps, max_seconds, jpeg_quality)
+    settings = dict(options=options, num_shards=num_shards, shuffle_seed=shuffle_seed)
+    fingerprint = _fingerprint(rows, classes, settings)
+    paths = [shard_path(out_dir, split, i, num_shards) for i in range(num_shards)]
+    mine = list(range(num_shards)) if shard_index is None else [shard_index]
+    states = {i: _finished_state(paths[i], fingerprint) for i in range(num_shards)}
+    todo = [i for i in mine if states[i] is None]
+    _gfile().makedirs(out_dir)
+    for i in todo:
+        _remove(paths[i] + ".partial")
+    if len(todo) < len(mine):
+        logging.info(
+            "%s: %d of %d shards already finished.", split, len(mine) - len(todo), len(mine)
+        )
+    return SplitPlan(
+        inputs=inputs,
+        out_dir=out_dir,
+        split=split,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        options=options,
+        fingerprint=fingerprint,
+        per_shard=shard_inputs(rows, num_shards, shuffle_seed),
+        paths=paths,
+        mine=mine,
+        states=states,
+        todo=todo,
+    )
+
+
+def finish_split(plan: SplitPlan, start_time: float) -> dict:
+    """Writes the failures lists once the shards of `plan.mine` are written (their states in
+    `plan.states`) and returns `prepare_split`'s summary."""
+    _remove_stale_shards(plan.out_dir, plan.split, plan.paths)
+    states, mine, num_shards = plan.states, plan.mine, plan.num_shards
+    own = _totals([states[i] for i in mine], plan.classes)
+    own_failures = failures_path(plan.out_dir, plan.split, plan.shard_index, num_shards)
+    _write_json(own_failures, own["failures"])  # also when empty: no stale list lingers
+    complete = all(state is not None for state in states.values())
+    totals = _totals(list(states.values()), plan.classes) if complete else None
+    if totals is not None:
+        split_failures = failures_path(plan.out_dir, plan.split, None, num_shards)
+        if plan.shard_index is not None:
+            _write_json(split_failures, totals["failures"])
+        if totals["num_clips"] == 0:
+            raise ValueError(
+                f"{plan.inputs.source}: none of the {totals['num_inputs']} videos could be read; "
+                f"see {split_failures}."
+            )
+    seconds = time.time() - start_time
+    summary = dict(
+        split=plan.split,
+        source=plan.inputs.source,
+        classes=plan.classes,
+        shards=[plan.paths[i] for i in mine],
+        num_shards=num_shards,
+        shard_index=plan.shard_index,
+        failures_path=own_failures,
+        seconds=seconds,
+        num_decoded=sum(len(plan.per_shard[i]) for i in plan.todo),
+        totals=totals,
+        **own,
+    )
+    assert (
+        summary["num_clips"] + len(summary["failures"])
+        == summary["num_inputs"]
+        == sum(len(plan.per_shard[i]) for i in mine)
+    )
+    logging.info(
+        "Prepared split %r: %d clips, %d failed, %d inputs (%.1f s).",
+        plan.split,
+        summary["num_clips"],
+        len(summary["failures"]),
+        summary["num_inputs"],
+        seconds,
+    )
+    return summary
 
 
 def prepare_split(
@@ -270,134 +502,39 @@ def prepare_split(
       the whole split, once all its shards are finished; else None).
     """
     start_time = time.time()
-    inputs = source if isinstance(source, Inputs) else read_manifest(source, classes)
-    rows, classes = inputs.rows, inputs.classes
-    if not rows:
-        raise ValueError(f"{inputs.source}: lists no video.")
-    if shard_index is None:
-        if num_shards is None:
-            num_shards = min(64, math.ceil(len(rows) / _CLIPS_PER_SHARD))
-        num_shards = max(1, min(num_shards, len(rows)))
-    elif num_shards is None or not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard_index={shard_index} needs --num_shards greater than it.")
-    if isinstance(frame_size, Sequence):
-        frame_size = (int(frame_size[0]), int(frame_size[1]))
-    options = (frame_size, max_frames, fps, max_seconds, jpeg_quality)
-    settings = dict(options=options, num_shards=num_shards, shuffle_seed=shuffle_seed)
-    fingerprint = _fingerprint(rows, classes, settings)
-    per_shard = shard_inputs(rows, num_shards, shuffle_seed)
-    paths = [shard_path(out_dir, split, i, num_shards) for i in range(num_shards)]
-    mine = list(range(num_shards)) if shard_index is None else [shard_index]
-    states = {i: _finished_state(paths[i], fingerprint) for i in range(num_shards)}
-    todo = [i for i in mine if states[i] is None]
-    os.makedirs(out_dir, exist_ok=True)
-    for i in todo:  # leftovers of a run killed while writing
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(paths[i] + ".partial")
-    if len(todo) < len(mine):
-        logging.info(
-            "%s: %d of %d shards already finished.", split, len(mine) - len(todo), len(mine)
-        )
-
-    jobs = [(row["path"], row["start"], row["end"], options) for i in todo for row in per_shard[i]]
-    workers = num_workers or default_num_workers(len(jobs))
+    plan = plan_split(
+        source,
+        out_dir,
+        split,
+        classes,
+        num_shards,
+        frame_size,
+        max_frames,
+        jpeg_quality,
+        shuffle_seed,
+        fps,
+        max_seconds,
+        shard_index,
+    )
+    rows = [row for i in plan.todo for row in plan.per_shard[i]]
+    workers = num_workers or default_num_workers(len(rows))
     with WorkerPool(_load_clip, workers, decode_timeout) as pool:
-        results = pool.imap(jobs)
-        stale_removed = False
-        for i in todo:
-            state = dict(
-                fingerprint=fingerprint,
-                num_inputs=len(per_shard[i]),
-                num_clips=0,
-                failures=[],
-                label_counts=dict.fromkeys(classes, 0),
-                min_frames=0,
-                max_frames=0,
-                frame_sizes=[],
-            )
-            lengths = []
-            with _writer(paths[i] + ".partial") as writer:
-                for row in per_shard[i]:
-                    value, failure = next(results)
-                    jpegs, size, reason = value if failure is None else (None, None, failure)
-                    if reason is not None:
-                        logging.warning("Skipping %s: %s", row["path"], reason)
-                        state["failures"].append(
-                            dict(path=row["path"], line=row["line"], reason=reason)
-                        )
-                        continue
-                    writer.write(encode_clip(jpegs, row["label_index"], row["label"], row["id"]))
-                    lengths.append(len(jpegs))
-                    state["label_counts"][row["label"]] += 1
-                    if size not in state["frame_sizes"]:
-                        state["frame_sizes"].append(size)
-            if not stale_removed:
-                _remove_stale_shards(out_dir, split, paths)
-                stale_removed = True
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(_state_path(paths[i]))
-            os.replace(paths[i] + ".partial", paths[i])
-            state.update(
-                num_clips=len(lengths),
-                min_frames=min(lengths, default=0),
-                max_frames=max(lengths, default=0),
-                bytes=os.path.getsize(paths[i]),
-            )
-            # Written last: a shard counts as finished only once its state is on disk.
-            _write_json(_state_path(paths[i]), state)
-            states[i] = state
+        clips = prepare_clips(rows, plan.options, pool)
+        for number, i in enumerate(plan.todo):
+            state = new_shard_state(plan.fingerprint, len(plan.per_shard[i]), plan.classes)
+            clips_of_shard = itertools.islice(clips, len(plan.per_shard[i]))
+            plan.states[i] = write_shard(plan.paths[i], clips_of_shard, state)
+            if number == 0:  # the first new shard replaces a previous shard count's
+                _remove_stale_shards(out_dir, split, plan.paths)
             logging.info(
                 "%s: shard %d of %d written (%d clips, %d failed).",
                 split,
                 i + 1,
-                num_shards,
+                plan.num_shards,
                 state["num_clips"],
                 len(state["failures"]),
             )
-    _remove_stale_shards(out_dir, split, paths)
-
-    own = _totals([states[i] for i in mine], classes)
-    own_failures = failures_path(out_dir, split, shard_index, num_shards)
-    _write_json(own_failures, own["failures"])  # also when empty: no stale list lingers
-    complete = all(state is not None for state in states.values())
-    totals = _totals(list(states.values()), classes) if complete else None
-    if totals is not None:
-        split_failures = failures_path(out_dir, split, None, num_shards)
-        if shard_index is not None:
-            _write_json(split_failures, totals["failures"])
-        if totals["num_clips"] == 0:
-            raise ValueError(
-                f"{inputs.source}: none of the {totals['num_inputs']} videos could be read; "
-                f"see {split_failures}."
-            )
-    seconds = time.time() - start_time
-    summary = dict(
-        split=split,
-        source=inputs.source,
-        classes=classes,
-        shards=[paths[i] for i in mine],
-        num_shards=num_shards,
-        shard_index=shard_index,
-        failures_path=own_failures,
-        seconds=seconds,
-        num_decoded=len(jobs),
-        totals=totals,
-        **own,
-    )
-    assert (
-        summary["num_clips"] + len(summary["failures"])
-        == summary["num_inputs"]
-        == sum(len(per_shard[i]) for i in mine)
-    )
-    logging.info(
-        "Prepared split %r: %d clips, %d failed, %d inputs (%.1f s).",
-        split,
-        summary["num_clips"],
-        len(summary["failures"]),
-        summary["num_inputs"],
-        seconds,
-    )
-    return summary
+    return finish_split(plan, start_time)
 
 
 @contextlib.contextmanager
@@ -410,8 +547,7 @@ def _writer(path: str) -> Iterator[Any]:
         yield writer
     except BaseException:
         writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+        _remove(path)
         raise
     writer.close()
 
@@ -539,19 +675,50 @@ def read_inputs(f, classes: Sequence[str] | None) -> Inputs:
     return read_ssv2(f.ssv2_json, f.video_dir, classes)
 
 
-def prepare_from_flags(f) -> str:
-    """The command, on parsed flags; returns its summary line (raises when too many failed)."""
+def _read_previous_info(out_dir: str) -> dict | None:
+    """The `dataset.json` already in `out_dir` (local or gs://...), None when there is none."""
+    path = os.path.join(out_dir, DATASET_INFO)
+    if not _gfile().exists(path):
+        return None
+    if "://" not in out_dir:
+        return read_dataset_info(out_dir)
+    with tempfile.TemporaryDirectory() as local:
+        _gfile().copy(path, os.path.join(local, DATASET_INFO))
+        return read_dataset_info(local)
+
+
+def _write_info(out_dir: str, *args, **kwargs) -> None:
+    """`write_dataset_info` into `out_dir`; a remote one (gs://...) gets a copy written here."""
+    if "://" not in out_dir:
+        write_dataset_info(out_dir, *args, **kwargs)
+        return
+    with tempfile.TemporaryDirectory() as local:
+        write_dataset_info(local, *args, **kwargs)
+        for name in (LABEL_MAP, DATASET_INFO):  # dataset.json last: it marks a complete dataset
+            _gfile().copy(os.path.join(local, name), os.path.join(out_dir, name), overwrite=True)
+
+
+def prepare_from_flags(f, prepare: Callable[..., dict] | None = None) -> str:
+    """The command, on parsed flags; returns its summary line (raises when too many failed).
+
+    `prepare` runs the split (default `prepare_split`, the local worker processes; the Beam
+    pipeline passes its own with the same arguments and summary).
+    """
+    prepare = prepare or prepare_split
     max_failures = parse_max_failures(f.max_failures)
-    previous = None
-    if os.path.exists(os.path.join(f.out_dir, DATASET_INFO)):
-        previous = read_dataset_info(f.out_dir)
-    classes = f.classes or (previous["classes"] if previous else None)
+    previous = _read_previous_info(f.out_dir)
+    stored = stored_classes(f.out_dir)
+    classes = f.classes or (stored[0] if stored else None)
     inputs = read_inputs(f, classes)
+    # The shards' label indices must mean the same classes as those already in out_dir.
+    check_label_map(f.out_dir, inputs.classes, inputs.source)
     if previous and list(inputs.classes) != previous["classes"]:
         raise ValueError(
-            f"the classes {inputs.classes} differ from those of {f.out_dir}/{DATASET_INFO}: "
-            f"{previous['classes']}. Use another --out_dir or the same classes."
+            f"the classes of {inputs.source} {inputs.classes} differ from those of "
+            f"{f.out_dir}/{DATASET_INFO}: {previous['classes']}; use another --out_dir, or "
+            "--classes in that order."
         )
+    write_label_map(f.out_dir, inputs.classes)
     frame_size = None
     if f.frame_size:
         try:
@@ -563,7 +730,7 @@ def prepare_from_flags(f) -> str:
         value = getattr(f, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name}={value}: must be positive.")
-    summary = prepare_split(
+    summary = prepare(
         inputs,
         f.out_dir,
         f.split,
@@ -600,7 +767,7 @@ def prepare_from_flags(f) -> str:
     if summary["totals"] is None:
         return line + "; dataset.json follows once every shard is written"
     keep = previous or {}
-    write_dataset_info(
+    _write_info(
         f.out_dir,
         summary["classes"],
         _parse_pairs(f.order_pairs) or keep.get("order_pairs", []),

@@ -22,6 +22,11 @@ from collections.abc import Iterator, Sequence
 DATASET_INFO = "dataset.json"
 
 
+# The class order beside the shards, in the format of a workdir's label_map.json (a JSON list of
+# class names in label order), so that a dataset's and a model's label maps can be diffed.
+LABEL_MAP = "label_map.json"
+
+
 SHARD_SUFFIX = ".tfrecord"
 
 
@@ -127,10 +132,59 @@ def write_dataset_info(
         info["generator"] = dict(generator)
     path = os.path.join(out_dir, DATASET_INFO)
     os.makedirs(out_dir, exist_ok=True)
+    write_label_map(out_dir, classes)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)
     os.replace(path + ".tmp", path)
     return path
+
+
+def write_label_map(out_dir: str, classes: Sequence[str]) -> str:
+    """Writes `out_dir/label_map.json`: the class names in label order, byte for byte the format
+    of a workdir's `label_map.json`. Written atomically; `out_dir` may be any path
+    `tf.io.gfile` writes (gs://...). Returns its path."""
+    import tensorflow as tf
+
+    path = os.path.join(out_dir, LABEL_MAP)
+    tf.io.gfile.makedirs(out_dir)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write(json.dumps([str(name) for name in classes], indent=2) + "\n")
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    return path
+
+
+def stored_classes(data_dir: str) -> tuple[list[str], str] | None:
+    """The class order a prepared dataset already has, and the file it comes from:
+    `label_map.json`, else (a dataset prepared before label maps) `dataset.json`; None for a
+    folder without either."""
+    import tensorflow as tf
+
+    for name, key in ((LABEL_MAP, None), (DATASET_INFO, "classes")):
+        path = os.path.join(data_dir, name)
+        if not tf.io.gfile.exists(path):
+            continue
+        try:
+            with tf.io.gfile.GFile(path) as f:
+                value = json.load(f)
+            classes = value if key is None else value[key]
+            if not isinstance(classes, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{path}: not a kvid {name} (expected a list of classes).") from None
+        return [str(name) for name in classes], path
+    return None
+
+
+def check_label_map(data_dir: str, classes: Sequence[str], source: str) -> None:
+    """Raises ValueError, naming both, when `data_dir` already holds a dataset whose class order
+    differs from `classes` (read from `source`): its shards' label indices mean other classes."""
+    stored = stored_classes(data_dir)
+    if stored is not None and list(stored[0]) != list(classes):
+        raise ValueError(
+            f"the classes of {source} {list(classes)} differ from the label map of the dataset "
+            f"in {data_dir}, {stored[1]}: {stored[0]}; use another --out_dir, or --classes in "
+            "that order."
+        )
 
 
 def read_dataset_info(data_dir: str) -> dict:
