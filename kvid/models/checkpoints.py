@@ -494,6 +494,25 @@ def _is_state_dict(value: Any) -> bool:
     )
 
 
+def _find_state_dict(obj: Any, where: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The flat state_dict inside `obj` (and the keys leading to it), `module.` removed."""
+    value, path = obj, []
+    while not _is_state_dict(value):
+        if not isinstance(value, Mapping):
+            raise CheckpointError(f"{where}: holds a {type(value).__name__}, not a state_dict")
+        key = next((k for k in _WEIGHT_KEYS if k in value), None)
+        if key is None:
+            found = ", ".join(repr(k) for k in list(value)[:8])
+            raise CheckpointError(
+                f"{where}: no state_dict found (looked for {', '.join(_WEIGHT_KEYS)} among {found})"
+            )
+        value, path = value[key], path + [key]
+    state_dict = {str(k): v for k, v in value.items()}
+    if all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict, path
+
+
 def unwrap_state_dict(obj: Any, family: str, where: str = "checkpoint") -> dict[str, np.ndarray]:
     """The flat reference state_dict inside a loaded checkpoint.
 
@@ -510,20 +529,7 @@ def unwrap_state_dict(obj: Any, family: str, where: str = "checkpoint") -> dict[
     """
     if family not in _FAMILY_MARKERS:
         raise CheckpointError(f"unknown family {family!r}; known: {sorted(_FAMILY_MARKERS)}")
-    value, path = obj, []
-    while not _is_state_dict(value):
-        if not isinstance(value, Mapping):
-            raise CheckpointError(f"{where}: holds a {type(value).__name__}, not a state_dict")
-        key = next((k for k in _WEIGHT_KEYS if k in value), None)
-        if key is None:
-            found = ", ".join(repr(k) for k in list(value)[:8])
-            raise CheckpointError(
-                f"{where}: no state_dict found (looked for {', '.join(_WEIGHT_KEYS)} among {found})"
-            )
-        value, path = value[key], path + [key]
-    state_dict = {str(k): v for k, v in value.items()}
-    if all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    state_dict, path = _find_state_dict(obj, where)
     extra = _FAMILY_EXTRA_PREFIXES.get(family, ())
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(extra)}
     marker = _FAMILY_MARKERS[family]
@@ -538,21 +544,12 @@ def unwrap_state_dict(obj: Any, family: str, where: str = "checkpoint") -> dict[
 
 
 def read_checkpoint(path: str, family: str | None = None) -> dict[str, np.ndarray]:
-    """The reference state_dict of a checkpoint file: `load_checkpoint`, then (with `family`)
-    `unwrap_state_dict`; without `family`, the file must hold a flat state_dict (any of the
-    layouts above, unchecked)."""
+    """The state_dict of a checkpoint file: `load_checkpoint`, then `unwrap_state_dict` (without
+    `family`: the state_dict of any of the layouts above, its names unchecked)."""
     obj = load_checkpoint(path)
     if family is not None:
         return unwrap_state_dict(obj, family, where=path)
-    value = obj
-    while not _is_state_dict(value) and isinstance(value, Mapping):
-        key = next((k for k in _WEIGHT_KEYS if k in value), None)
-        if key is None:
-            break
-        value = value[key]
-    if not _is_state_dict(value):
-        raise CheckpointError(f"{path}: no state_dict found")
-    return dict(value)
+    return _find_state_dict(obj, path)[0]
 
 
 __all__ = [
