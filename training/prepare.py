@@ -616,7 +616,10 @@ def define_flags(flag_values) -> list[str]:
     flags.DEFINE_string("out_dir", None, "Output folder of shards and dataset.json.", **fv)
     flags.DEFINE_string("split", None, "Split name, e.g. train, val, test.", **fv)
     flags.DEFINE_list(
-        "classes", None, "Ordered class names; default: dataset.json, else the input's.", **fv
+        "classes",
+        None,
+        "Ordered class names; default: out_dir's label map, else the input's.",
+        **fv,
     )
     flags.DEFINE_integer(
         "num_shards", None, "Number of shards; default one per ~200 clips (at most 64).", **fv
