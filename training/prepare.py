@@ -712,7 +712,12 @@ def prepare_from_flags(f, prepare: Callable[..., dict] | None = None) -> str:
     previous = _read_previous_info(f.out_dir)
     stored = stored_classes(f.out_dir)
     classes = f.classes or (stored[0] if stored else None)
-    inputs = read_inputs(f, classes)
+    try:
+        inputs = read_inputs(f, classes)
+    except ValueError as error:
+        if f.classes or not stored:
+            raise
+        raise ValueError(f"{error} (the classes of {stored[1]})") from None
     # The shards' label indices must mean the same classes as those already in out_dir.
     check_label_map(f.out_dir, inputs.classes, inputs.source)
     if previous and list(inputs.classes) != previous["classes"]:

@@ -19,6 +19,7 @@ from absl import app, flags
 import kvid.cli
 from kvid.data import dataset
 from kvid.data.video import decode_video
+from kvid.data.workdir import read_labels, write_json
 from kvid_training import inputs, prepare, synthetic
 from kvid_training.worker_pool import WorkerPool
 from tests.kvid.data.video_files import FORMATS, ramp, write_audio_only, write_video
@@ -570,3 +571,60 @@ def test_a_video_whose_decoder_hangs_fails_with_the_timeout_and_the_others_are_w
     )
     assert summary["num_clips"] == 1
     assert summary["failures"] == [dict(path=str(fifo), line=3, reason="timeout after 1s")]
+
+
+# --- the label map beside the shards ---------------------------------------------------------
+
+
+def test_label_map_beside_the_shards_is_a_workdirs_label_map(folder, tmp_path):
+    out_dir = tmp_path / "out"
+    prepare.prepare_from_flags(_flags(folder=str(folder), out_dir=str(out_dir), split="train"))
+    # Byte for byte what training writes into a workdir for the same classes: a plain diff works.
+    workdir_map = tmp_path / "label_map.json"
+    write_json(str(workdir_map), ["broken", "good"])
+    assert (out_dir / "label_map.json").read_bytes() == workdir_map.read_bytes()
+    assert read_labels(str(out_dir / "label_map.json")) == ["broken", "good"]
+    assert dataset.stored_classes(str(out_dir)) == (
+        ["broken", "good"],
+        str(out_dir / "label_map.json"),
+    )
+
+
+def test_another_class_order_into_the_same_out_dir_names_both(folder, videos, tmp_path):
+    out_dir = str(tmp_path / "out")
+    prepare.prepare_from_flags(_flags(folder=str(folder), out_dir=out_dir, split="train"))
+    before = sorted(os.listdir(out_dir))
+    with pytest.raises(ValueError) as error:
+        prepare.prepare_from_flags(
+            _flags(folder=str(folder), out_dir=out_dir, split="val", classes=["good", "broken"])
+        )
+    message = str(error.value)
+    assert f"the classes of {folder} ['good', 'broken'] differ" in message
+    assert f"{os.path.join(out_dir, 'label_map.json')}: ['broken', 'good']" in message
+    assert sorted(os.listdir(out_dir)) == before  # nothing written
+    # Without --classes the label map's order is used; a label it lacks is named with it.
+    root, _ = videos
+    csv_path = _write_csv(tmp_path / "val.csv", [(str(root / "clips/a.mp4"), "purple")])
+    with pytest.raises(ValueError, match=r"unknown label 'purple'.*\(the classes of .*label_map"):
+        prepare.prepare_from_flags(_flags(csv=csv_path, out_dir=out_dir, split="val"))
+    # The same order (here taken from the label map) is fine.
+    line = prepare.prepare_from_flags(_flags(folder=str(folder), out_dir=out_dir, split="val"))
+    assert line.startswith("val: 9 clips written")
+    assert dataset.read_dataset_info(out_dir)["splits"] == {"train": 9, "val": 9}
+
+
+def test_a_dataset_prepared_before_label_maps_keeps_its_class_order(videos, tmp_path):
+    root, _ = videos
+    out_dir = str(tmp_path / "old")
+    dataset.write_dataset_info(out_dir, CLASSES, [], [], {"train": 3}, 6, (40, 48))
+    os.remove(os.path.join(out_dir, "label_map.json"))  # as kvid wrote it before label maps
+    csv_path = _write_csv(tmp_path / "val.csv", [(str(root / "clips/a.mp4"), "bright")])
+    values = dict(csv=csv_path, out_dir=out_dir, split="val")
+    with pytest.raises(
+        ValueError, match=r"\['bright'\] differ.*dataset\.json: \['dark', 'bright'\]"
+    ):
+        prepare.prepare_from_flags(_flags(classes=["bright"], **values))
+    line = prepare.prepare_from_flags(_flags(**values))
+    assert line.startswith("val: 1 clips written")
+    with open(os.path.join(out_dir, "label_map.json")) as f:
+        assert json.load(f) == CLASSES
