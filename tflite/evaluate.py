@@ -33,9 +33,12 @@ from absl import app, flags
 import kvid.cli
 from kvid.data.dataset import held_out_split
 from kvid.data.workdir import (
+    LABEL_MAP_JSON,
+    MODEL_JSON,
     WorkdirError,
     is_saved_model,
     load_workdir,
+    read_labels,
     resolve_order_pairs,
 )
 from kvid_tflite import metrics as metrics_lib
@@ -331,6 +334,47 @@ def eval_batches(
         yield np.asarray(video), np.asarray(label)
 
 
+def _workdir_labels(workdir) -> tuple[str, list[str]]:
+    """(file, labels) of a workdir's label map: label_map.json, else model.json's labels."""
+    label_path = os.path.join(workdir.path, LABEL_MAP_JSON)
+    if os.path.isfile(label_path):
+        return label_path, read_labels(label_path)
+    return os.path.join(workdir.path, MODEL_JSON), list(workdir.labels)
+
+
+def check_labels(model_labels: tuple[str, Sequence[str]], data_dir: str) -> None:
+    """Raises WorkdirError when the model's label map is not the dataset's classes.
+
+    Scores are read by class index, so the names must be equal and in the same order (a
+    permutation is a mismatch).
+
+    Args:
+      model_labels: (the file they come from, class names in label order).
+      data_dir: the dataset; its dataset.json holds its classes.
+    """
+    from kvid.data.dataset import DATASET_INFO, read_dataset_info
+
+    where, labels = model_labels
+    if not os.path.isfile(os.path.join(data_dir, DATASET_INFO)):
+        return  # no dataset there: reading the split names the missing file
+    classes = [str(name) for name in read_dataset_info(data_dir)["classes"]]
+    labels = [str(name) for name in labels]
+    if labels == classes:
+        return
+    if len(labels) != len(classes):
+        how = f"{len(labels)} classes vs {len(classes)}"
+    elif sorted(labels) == sorted(classes):
+        how = "the same classes in another order"
+    else:
+        index = next(i for i, (a, b) in enumerate(zip(labels, classes)) if a != b)
+        how = f"class {index} is {labels[index]!r} vs {classes[index]!r}"
+    raise WorkdirError(
+        f"the label map of {where} differs from the classes of "
+        f"{os.path.join(data_dir, DATASET_INFO)} ({how}): evaluate the model on the dataset it "
+        "was trained on, or fine-tune it on this one (train.py --init_from)"
+    )
+
+
 def _model_name(path: str) -> str:
     path = path.rstrip("/")
     base = os.path.basename(path)
@@ -356,16 +400,25 @@ def evaluate_from_flags(values: flags.FlagValues) -> int:
     if not values.workdir and not values.data_dir:
         raise app.UsageError("pass --workdir or --data_dir")
     workdir = load_workdir(values.workdir) if values.workdir else None
-    model, kind, clip_shape = load_classifier(values.model, values.num_threads)
+    # --data_dir, else the workdir's dataset (one of the two is given)
+    data_dir = values.data_dir or workdir.require_data_dir()
     if workdir is not None:
-        data_dir = values.data_dir or workdir.require_data_dir()
+        check_labels(_workdir_labels(workdir), data_dir)
+    model, kind, clip_shape = load_classifier(values.model, values.num_threads)
+    if kind == "tflite":
+        from kvid_tflite.litert import read_description
+
+        recorded = (read_description(values.model) or {}).get("labels")
+        if recorded:
+            check_labels((f"{values.model} (its kvid metadata)", recorded), data_dir)
+    if workdir is not None:
         class_names, pairs = list(workdir.labels), [list(p) for p in workdir.order_pairs]
         frame_stride = values.frame_stride or workdir.frame_stride
     else:
         from kvid.data.dataset import read_dataset_info
 
         info = read_dataset_info(values.data_dir)
-        data_dir, class_names = values.data_dir, list(info["classes"])
+        class_names = list(info["classes"])
         pairs = [list(p) for p in resolve_order_pairs(info.get("order_pairs", []), class_names)]
         frame_stride = values.frame_stride or getattr(model, "frame_stride", None) or 1
     split = values.split or held_out_split(data_dir)

@@ -60,6 +60,9 @@ class TrainConfig:
       sync_batch_norm: batch norm statistics over the global batch instead of per replica.
       auto_shard: how workers split the training files: "auto", "file" or "data"
         (`distribute.shard_by_file`).
+      init_from: the workdir (trained or ported) whose float weights start the float phase, or
+        None for random weights; the model then has its architecture (`preset` and
+        `model_overrides` are its own plus this run's).
     """
 
     preset: str
@@ -95,6 +98,7 @@ class TrainConfig:
     mixed_precision: str = "float32"
     sync_batch_norm: bool = False
     auto_shard: str = "auto"
+    init_from: str | None = None
 
     @property
     def model_kwargs(self) -> dict[str, Any]:

@@ -5,6 +5,11 @@ Run from the repository root; a bare flagfile name resolves to training/flags/:
   python training/train.py --flagfile=vmf.flags
   python training/train.py --preset=vmf_tiny --workdir=/tmp/run --epochs=12 --qat_epochs=2
 
+Fine-tuning starts the float phase from another workdir's weights (trained, or ported from a
+reference checkpoint by kvid-port), with a new classification head when the classes differ:
+
+  python training/train.py --init_from=runs/vmf_tiny --data_dir=data/mine --workdir=/tmp/ft
+
 Without --data_dir the embedded default dataset is generated into data/default on first use.
 Re-running the same command resumes from the latest checkpoint in --workdir (a finished float
 phase goes straight to QAT). Everything the run produces is in --workdir; see
@@ -34,6 +39,8 @@ from kvid_training import config
 
 if TYPE_CHECKING:
     import tf_keras as keras
+
+    from kvid.data.workdir import Workdir
 
 FLAGS = flags.FLAGS
 
@@ -65,6 +72,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> list[str]:
         [],
         "Preset field override key=value (repeat the flag), given to "
         "kvid.models.create; values are Python literals, e.g. drop_path_rate=0.1.",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "init_from",
+        None,
+        "Workdir (trained, or ported by kvid-port) whose float weights start the float phase; "
+        "the model is its architecture at this run's classes and input size (--model_overrides "
+        "add to it). A resumed run keeps its checkpoint.",
         **fv,
     )
     # Data.
@@ -263,13 +278,18 @@ def config_from_flags(
     *,
     preset_fields: Mapping[str, Any],
     dataset_info: Mapping[str, Any],
+    preset: str | None = None,
+    base_overrides: Mapping[str, Any] | None = None,
 ) -> config.TrainConfig:
     """Converts parsed flags into the frozen TrainConfig (the only FLAGS -> config step).
 
     Args:
       flag_values: parsed flags (defined by `define_flags`).
-      preset_fields: `kvid.models.get_preset(preset)`, for the default input size.
+      preset_fields: `kvid.models.get_preset(preset)`, for the default input size (with
+        --init_from, the source model's fields: its input size is the default).
       dataset_info: the dataset's dataset.json (classes, clips per split, stored clip size).
+      preset: the model's preset (default: --preset); with --init_from, the source's.
+      base_overrides: overrides under --model_overrides (with --init_from, the source's).
 
     Raises:
       ValueError: a flag value is impossible; the message starts with the flag's name.
@@ -296,7 +316,7 @@ def config_from_flags(
     # pipeline repeats their last frame.)
     stored_size = dataset_info.get("frame_size")
     if stored_size and (image_size[0] > stored_size[0] or image_size[1] > stored_size[1]):
-        flag = "--image_size" if fv.image_size is not None else f"--preset={fv.preset}"
+        flag = "--image_size" if fv.image_size is not None else f"--preset={preset or fv.preset}"
         raise ValueError(
             f"{flag}: input {image_size[0]}x{image_size[1]} is larger than the "
             f"stored frames ({stored_size[0]}x{stored_size[1]}) of --data_dir; "
@@ -307,6 +327,10 @@ def config_from_flags(
         if "dropout_rate" in overrides:
             raise ValueError("--dropout_rate: also set in --model_overrides; give it once")
         overrides["dropout_rate"] = fv.dropout_rate
+    base = {
+        k: v for k, v in (base_overrides or {}).items() if k not in ("num_frames", "image_size")
+    }
+    overrides = {**base, **overrides}
     overrides.update(num_frames=num_frames, image_size=size_override)
 
     if fv.batch_size > num_train_examples:
@@ -350,7 +374,7 @@ def config_from_flags(
             "steps of the float phase"
         )
     return config.TrainConfig(
-        preset=fv.preset,
+        preset=preset or fv.preset,
         model_overrides=config.freeze_overrides(overrides),
         num_classes=len(dataset_info["classes"]),
         workdir=os.path.abspath(fv.workdir),
@@ -382,7 +406,22 @@ def config_from_flags(
         mixed_precision=fv.mixed_precision,
         sync_batch_norm=fv.sync_batch_norm,
         auto_shard=fv.auto_shard,
+        init_from=os.path.abspath(fv.init_from) if fv.init_from else None,
     )
+
+
+def _source_preset(source: Workdir) -> str:
+    """The preset a --init_from workdir's model.json names (a ported one: its family's)."""
+    if source.reference is None:
+        return str(source.preset)
+    return source.preset or f"{source.reference.get('family')}_reference"
+
+
+def _source_overrides(source: Workdir) -> dict[str, Any]:
+    """A trained --init_from workdir's preset overrides (none for a ported one)."""
+    from kvid.models import transfer
+
+    return {} if source.reference is not None else transfer.workdir_overrides(source)
 
 
 def _preset_fields(name: str) -> dict[str, Any]:
@@ -448,8 +487,58 @@ def _ensure_data_dir(
         raise app.UsageError(f"--data_dir={data_dir}: {error}") from error
 
 
+def _init_source(init_from: str, preset_flag: flags.Flag) -> tuple[Workdir, dict[str, Any]]:
+    """The --init_from workdir and its model's fields (input size and normalisation).
+
+    Only model.json is read here; the weights are read when the float phase starts from them.
+    """
+    from kvid.data.workdir import WorkdirError, load_workdir
+
+    try:
+        source = load_workdir(init_from)
+    except WorkdirError as error:
+        raise app.UsageError(f"--init_from={init_from}: {error}") from error
+    json_path = os.path.join(source.path, "model.json")
+    if source.reference is None:
+        if source.preset not in kvid.models.list_presets():
+            raise app.UsageError(
+                f"--init_from={init_from}: {json_path} names preset {source.preset!r}, which "
+                "kvid does not have"
+            )
+        from kvid.models import transfer
+
+        try:
+            fields = kvid.models.get_preset(source.preset, **transfer.workdir_overrides(source))
+        except ValueError as error:
+            raise app.UsageError(f"--init_from={init_from}: {json_path}: {error}") from error
+        preset = source.preset
+    else:
+        normalization = source.reference.get("normalization") or source.normalization or {}
+        fields = {
+            "num_frames": source.num_frames,
+            "image_size": source.image_size[0],
+            "input_mean": normalization.get("mean"),
+            "input_std": normalization.get("std"),
+            "image_input": source.reference.get("family") == "mobile_former"
+            and not source.reference.get("inflate"),
+        }
+        preset = source.preset or f"{source.reference.get('family')}_reference"
+    if fields.get("image_input"):
+        raise app.UsageError(
+            f"--init_from={init_from}: an image model ({preset}); train.py trains video models"
+        )
+    if preset_flag.present and preset_flag.value != preset:
+        raise app.UsageError(
+            f"--preset={preset_flag.value}: --init_from={init_from} holds a {preset} model, "
+            "which the run trains; leave --preset out"
+        )
+    return source, fields
+
+
 def build_model(
-    cfg: config.TrainConfig, blame: Mapping[str, Sequence[str]] | None = None
+    cfg: config.TrainConfig,
+    blame: Mapping[str, Sequence[str]] | None = None,
+    source: Workdir | None = None,
 ) -> keras.Model:
     """The float classifier; a rejected size or override is a usage error naming its flag.
 
@@ -458,7 +547,21 @@ def build_model(
       blame: {flag: preset fields it sets} for the flags given on the command line; the error
         names the flag whose field the preset's message mentions first (the message may go on
         to list every valid field), or all of them when it mentions none.
+      source: the --init_from workdir; a ported one's model is rebuilt from its reference
+        configuration (a trained one's from `cfg.preset` and `cfg.model_overrides`).
     """
+    if source is not None and source.reference is not None:
+        from kvid.models import transfer
+
+        try:
+            return transfer.build_workdir_model(
+                source,
+                num_classes=cfg.num_classes,
+                num_frames=cfg.num_frames,
+                image_size=cfg.image_size,
+            )
+        except ValueError as error:
+            raise app.UsageError(f"--init_from={cfg.init_from}: {error}") from error
     try:
         return kvid.models.create(cfg.preset, num_classes=cfg.num_classes, **cfg.model_kwargs)
     except ValueError as error:
@@ -474,6 +577,95 @@ def build_model(
         raise app.UsageError(
             f"{' / '.join(names)}: {cfg.preset} rejects this input or override: {message}"
         ) from error
+
+
+def _label_map_path(workdir: Workdir) -> str:
+    """The file a workdir's labels are read from: label_map.json, else model.json."""
+    from kvid.data.workdir import LABEL_MAP_JSON
+
+    label_path = os.path.join(workdir.path, LABEL_MAP_JSON)
+    return label_path if os.path.isfile(label_path) else os.path.join(workdir.path, "model.json")
+
+
+def initialize_from(
+    cfg: config.TrainConfig,
+    model: keras.Model,
+    source: Workdir,
+    classes: Sequence[str],
+    dataset_json: str,
+) -> bool:
+    """Copies the --init_from workdir's float weights into `model`, unless the run resumes.
+
+    The head is kept when the two label maps are equal (same names, same order), else it stays
+    newly initialised; every other weight is copied by its path, input-size tables resized
+    (`kvid.models.transfer`). Each decision is logged in one line.
+
+    Returns:
+      Whether the weights were copied (False: the run resumes from its own checkpoints).
+
+    Raises:
+      UsageError: the weights file is missing or does not fit, or a weight cannot be mapped.
+    """
+    import tensorflow as tf
+
+    from kvid.data.workdir import read_labels
+    from kvid.models import transfer
+    from kvid_training import workdir
+
+    flag = f"--init_from={cfg.init_from}"
+    for phase in ("float", "qat"):
+        checkpoints = workdir.path(cfg.workdir, "checkpoints", phase)
+        if tf.train.get_checkpoint_state(checkpoints) is not None:
+            logging.info(
+                "%s is ignored: the run resumes from its checkpoints in %s", flag, checkpoints
+            )
+            return False
+    weights = os.path.join(source.export_dir, "float.weights.h5")
+    if not os.path.isfile(weights):
+        raise app.UsageError(
+            f"{flag}: missing {weights} (the float weights training/train.py and kvid-port export)"
+        )
+    try:
+        source_model = transfer.build_workdir_model(source)
+        source_model.load_weights(weights)
+    except (ValueError, OSError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise app.UsageError(
+            f"{flag}: {weights} does not load into the model of {source.path}/model.json: {message}"
+        ) from error
+    label_path = _label_map_path(source)
+    try:
+        source_labels = (
+            list(source.labels) if label_path.endswith("model.json") else read_labels(label_path)
+        )
+    except ValueError as error:
+        raise app.UsageError(f"{flag}: {error}") from error
+    same = [str(c) for c in source_labels] == [str(c) for c in classes]
+    try:
+        report = transfer.transfer_weights(source_model, model, keep_head=same)
+    except transfer.TransferError as error:
+        raise app.UsageError(f"{flag}: {error}") from error
+    if report.head is not None:
+        if same:
+            logging.info(
+                "%s: classification head %s kept: the label map of %s equals the classes of %s",
+                flag,
+                report.head,
+                label_path,
+                dataset_json,
+            )
+        else:
+            logging.info(
+                "%s: new classification head %s: the label map of %s differs from the classes "
+                "of %s (%s)",
+                flag,
+                report.head,
+                label_path,
+                dataset_json,
+                workdir.label_difference(source_labels, classes),
+            )
+    logging.info("%s: %s", flag, report.summary())
+    return True
 
 
 def _blamed_fields(flag_values: flags.FlagValues) -> dict[str, list[str]]:
@@ -515,7 +707,11 @@ def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
         workdir.check_same_run(flags_path, lines)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
-    preset_fields = _preset_fields(FLAGS.preset)
+    source = None
+    if FLAGS.init_from:
+        source, preset_fields = _init_source(FLAGS.init_from, FLAGS["preset"])
+    else:
+        preset_fields = _preset_fields(FLAGS.preset)
     _ensure_data_dir(
         FLAGS.data_dir,
         FLAGS.dataset_seed,
@@ -524,11 +720,25 @@ def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
         chief=chief,
     )
     info = dataset.read_dataset_info(FLAGS.data_dir)
+    dataset_json = os.path.join(os.path.abspath(FLAGS.data_dir), dataset.DATASET_INFO)
     try:
-        cfg = config_from_flags(FLAGS, preset_fields=preset_fields, dataset_info=info)
+        # A resumed run trains on the classes its checkpoints know, in the same order.
+        workdir.check_label_map(out_dir, info["classes"], dataset_json)
+        cfg = config_from_flags(
+            FLAGS,
+            preset_fields=preset_fields,
+            dataset_info=info,
+            preset=None if source is None else _source_preset(source),
+            base_overrides=None if source is None else _source_overrides(source),
+        )
         distribute.check_global_batch(cfg.batch_size, strategy, "--batch_size")
     except ValueError as error:
         raise app.UsageError(str(error)) from error
+    if source is not None and source.reference is not None and FLAGS.model_overrides:
+        raise app.UsageError(
+            f"--model_overrides: --init_from={FLAGS.init_from} holds a ported model, rebuilt "
+            "from its reference configuration without overrides"
+        )
     cfg = dataclasses.replace(cfg, workdir=out_dir)
     logging.info(
         "%s strategy: %d replica(s), %d clips per replica per step%s",
@@ -547,7 +757,9 @@ def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
     # whose flags.txt would block the corrected command.
     blame = _blamed_fields(FLAGS)
     with strategy.scope():
-        float_model = build_model(cfg, blame)
+        float_model = build_model(cfg, blame, source)
+    if source is not None:
+        initialize_from(cfg, float_model, source, info["classes"], dataset_json)
     os.makedirs(cfg.workdir, exist_ok=True)
     workdir.write_text(
         flags_path,
@@ -557,8 +769,17 @@ def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
             f"Replay: python training/train.py --flagfile={flags_path}",
         ),
     )
-    workdir.write_run_files(cfg, preset_fields, info)
-    loop.train(cfg, float_model, strategy=strategy, build_float32=lambda: build_model(cfg, blame))
+    reference = None
+    if source is not None and source.reference is not None:
+        # The fine-tuned model is the reference configuration at this run's input size.
+        reference = dict(source.reference, num_frames=cfg.num_frames, image_size=cfg.image_size[0])
+    workdir.write_run_files(cfg, preset_fields, info, reference=reference)
+    loop.train(
+        cfg,
+        float_model,
+        strategy=strategy,
+        build_float32=lambda: build_model(cfg, blame, source),
+    )
     distribute.remove_worker_dir(os.path.abspath(FLAGS.workdir), strategy)
     logging.info("Done in %.1f min; outputs in %s", (time.time() - started) / 60, FLAGS.workdir)
 

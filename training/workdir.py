@@ -34,6 +34,7 @@ from kvid.data.workdir import (
     OUTPUT_NAME,
     SIGNATURE_KEY,
     model_json,
+    read_labels,
     write_json,
 )
 from kvid_training import config
@@ -52,7 +53,10 @@ def path(workdir: str, *parts: str) -> str:
 
 
 def write_run_files(
-    cfg: config.TrainConfig, preset_fields: Mapping[str, Any], info: Mapping[str, Any]
+    cfg: config.TrainConfig,
+    preset_fields: Mapping[str, Any],
+    info: Mapping[str, Any],
+    reference: Mapping[str, Any] | None = None,
 ) -> None:
     """Writes config.json, model.json and label_map.json into the run's workdir.
 
@@ -60,9 +64,12 @@ def write_run_files(
       cfg: the run's config.
       preset_fields: `kvid.models.get_preset(cfg.preset)` (input normalisation).
       info: the dataset's dataset.json (class names and order pairs).
+      reference: for a model fine-tuned from a ported workdir, the reference configuration that
+        rebuilds it (model.json's `reference`); None for a preset.
     """
     write_json(path(cfg.workdir, "config.json"), cfg.to_json_dict())
     write_json(path(cfg.workdir, LABEL_MAP_JSON), list(info["classes"]))
+    extra = {} if reference is None else {"reference": dict(reference)}
     write_json(
         path(cfg.workdir, MODEL_JSON),
         model_json(
@@ -79,8 +86,42 @@ def write_run_files(
                 "std": preset_fields.get("input_std"),
             },
             data_dir=cfg.data_dir,
+            **extra,
         ),
     )
+
+
+def label_difference(labels: Sequence[str], other: Sequence[str]) -> str:
+    """How two label maps differ, in a few words (they must be equal in order and names)."""
+    labels, other = [str(name) for name in labels], [str(name) for name in other]
+    if len(labels) != len(other):
+        return f"{len(labels)} classes vs {len(other)}"
+    if sorted(labels) == sorted(other):
+        return "the same classes in another order"
+    index = next(i for i, (a, b) in enumerate(zip(labels, other)) if a != b)
+    return f"class {index} is {labels[index]!r} vs {other[index]!r}"
+
+
+def check_label_map(workdir: str, classes: Sequence[str], dataset_json: str) -> None:
+    """Raises ValueError when the workdir holds a label_map.json other than `classes`.
+
+    A resumed run must train on the classes its checkpoints were trained on, in the same order.
+
+    Args:
+      workdir: the run's workdir (it may hold no label map yet).
+      classes: the dataset's classes, in label order.
+      dataset_json: the file they come from, for the message.
+    """
+    label_path = path(workdir, LABEL_MAP_JSON)
+    if not os.path.exists(label_path):
+        return
+    saved = read_labels(label_path)
+    if list(saved) != [str(name) for name in classes]:
+        raise ValueError(
+            f"{label_path} differs from the classes of {dataset_json} "
+            f"({label_difference(saved, classes)}): this workdir was trained on another label "
+            "map; use a new --workdir or the dataset it was trained on"
+        )
 
 
 def write_text(file_path: str, text: str) -> None:

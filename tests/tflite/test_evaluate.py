@@ -172,3 +172,57 @@ def test_kvid_eval_writes_json_and_confusion_pngs(qat_workdir, helpers, monkeypa
     for suffix in ("", "_reversed"):
         with open(os.path.join(output_dir, f"confusion_model_float32{suffix}.png"), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _write_dataset_info(data_dir: str, classes: list[str]) -> None:
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, "dataset.json"), "w", encoding="utf-8") as f:
+        json.dump({"classes": classes, "splits": {"test": 4}}, f)
+
+
+@pytest.mark.parametrize("reorder", ["permuted", "renamed"])
+def test_kvid_eval_refuses_a_dataset_with_another_label_map(
+    float_workdir, helpers, tmp_path, reorder
+):
+    classes = list(helpers.LABELS)
+    classes = classes[::-1] if reorder == "permuted" else [*classes[:-1], "something_else"]
+    data_dir = str(tmp_path / "data")
+    _write_dataset_info(data_dir, classes)
+    values = flags.FlagValues()
+    evaluate.define_flags(values)
+    values(
+        [
+            "kvid-eval",
+            f"--workdir={float_workdir}",
+            f"--model={os.path.join(float_workdir, 'export', 'float')}",
+            f"--data_dir={data_dir}",
+        ]
+    )
+    with pytest.raises(evaluate.WorkdirError) as raised:
+        evaluate.evaluate_from_flags(values)
+    message = str(raised.value)
+    # The workdir's labels (model.json: this workdir has no label_map.json) and the dataset's.
+    assert message.startswith(
+        f"the label map of {os.path.join(float_workdir, 'model.json')} differs from the "
+        f"classes of {os.path.join(data_dir, 'dataset.json')} ("
+    )
+    how = "the same classes in another order" if reorder == "permuted" else "class 4 is"
+    assert how in message
+
+
+def test_kvid_eval_refuses_a_tflite_whose_labels_differ(tmp_path, helpers, float_workdir):
+    tflite_path = str(tmp_path / "model.tflite")
+    saved = load_serving_model(os.path.join(float_workdir, "export", "float"))
+    with open(tflite_path, "wb") as f:
+        f.write(convert_saved_model(saved, "float32"))
+    with open(tflite_path[: -len(".tflite")] + ".json", "w", encoding="utf-8") as f:
+        json.dump({"labels": list(helpers.LABELS)}, f)  # a sidecar as kvid-convert writes
+    data_dir = str(tmp_path / "data")
+    _write_dataset_info(data_dir, list(helpers.LABELS)[::-1])
+    values = flags.FlagValues()
+    evaluate.define_flags(values)
+    values(["kvid-eval", f"--model={tflite_path}", f"--data_dir={data_dir}"])
+    with pytest.raises(
+        evaluate.WorkdirError, match=r"^the label map of .*model\.tflite \(its kvid"
+    ):
+        evaluate.evaluate_from_flags(values)

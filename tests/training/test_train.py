@@ -393,6 +393,10 @@ BAD_FLAGS = {
         "--strategy=multi_worker: TF_CONFIG is not set",
     ),
     "tpu_on_a_machine_without_one": (["--strategy=tpu"], "--strategy=tpu: no TPU on this machine"),
+    "init_from_missing_workdir": (
+        ["--init_from={tmp}/nowhere"],
+        "--init_from={tmp}/nowhere: workdir {tmp}/nowhere does not exist",
+    ),
     "global_batch_not_divisible": (
         ["--strategy=mirrored", "--num_cpu_devices=2", "--batch_size=3"],
         "--batch_size=3: the global batch must be a multiple of the 2 replicas",
