@@ -39,6 +39,7 @@ setup(
             "kvid-convert=kvid_tflite.convert:run",
             "kvid-edgetpu-check=kvid_tflite.edgetpu:run",
             "kvid-eval=kvid_tflite.evaluate:run",
+            "kvid-port=kvid_training.port:run",
             "kvid-prepare=kvid_training.prepare:run",
             "kvid-train=kvid_training.train:run",
         ]

@@ -36,6 +36,12 @@ FILE_ARGUMENTS = {
     "kvid-edgetpu-check": lambda path, tmp: [str(path)],
     "kvid-classify": lambda path, tmp: [f"--model={path}", str(tmp / "video.mp4")],
     "kvid-benchmark": lambda path, tmp: [f"--output_dir={tmp / 'out'}", str(path)],
+    "kvid-port": lambda path, tmp: [
+        "--family=posmlp",
+        f"--config={tmp / 'config.json'}",
+        f"--checkpoint={path}",
+        f"--workdir={tmp / 'out'}",
+    ],
 }
 
 
