@@ -152,8 +152,10 @@ def build_pipeline(
         pipeline
         | "Inputs" >> beam.Create(elements)
         | "Spread" >> beam.Reshuffle()
-        # Enough videos per call to keep every decode process of a DoFn busy.
-        | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=4 * num_workers)
+        # Enough videos per call to keep every decode process of a DoFn busy (BatchElements'
+        # adaptive size would start at one video per call).
+        | "Batch"
+        >> beam.BatchElements(min_batch_size=8 * num_workers, max_batch_size=8 * num_workers)
         | "Decode" >> beam.ParDo(PrepareClips(plan.options, num_workers, decode_timeout))
         | "ByShard" >> beam.GroupByKey()
         | "Write" >> beam.ParDo(WriteShard(plan.paths, num_inputs, plan.fingerprint, plan.classes))

@@ -231,3 +231,120 @@ def test_command_line_runs_the_pipeline_and_reports_bad_options_in_one_line(fold
     assert result.returncode == 2
     assert "--no_such_option=1: neither a kvid-prepare flag" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- acceptance: 50 videos of mixed containers and codecs, 10 broken files -------------------
+
+_CORPUS_FORMATS = ("mp4_h264", "webm_vp9", "avi_mjpeg", "mkv_hevc", "mov_mpeg4")
+_CORPUS_CLASSES = ("drift", "pulse", "sweep", "flash", "rise")
+
+
+def _write_corpus(root) -> dict:
+    """50 good videos (5 classes x 10; 5 containers/codecs; 2-4 s at 15 fps; 128x96 to 480x270)
+    and 10 broken files in the first class folder; returns {good path: frame count}."""
+    sizes = ((96, 128), (120, 160), (180, 320), (270, 480))
+    good = {}
+    for name in _CORPUS_CLASSES:
+        (root / name).mkdir()
+    for number in range(50):
+        file_name, codec, pix_fmt = FORMATS[_CORPUS_FORMATS[number % 5]]
+        height, width = sizes[number % len(sizes)]
+        path = (
+            root / _CORPUS_CLASSES[number // 10] / f"v{number:02d}{os.path.splitext(file_name)[1]}"
+        )
+        num_frames = 15 * (2 + number % 3)
+        write_video(path, ramp(num_frames, height, width), codec, pix_fmt, rate=15)
+        good[str(path)] = num_frames
+    broken = root / _CORPUS_CLASSES[0]
+    mp4, mkv, webm = (
+        (root / _CORPUS_CLASSES[1] / name).read_bytes()
+        for name in ("v10.mp4", "v13.mkv", "v11.webm")
+    )
+    (broken / "truncated.mp4").write_bytes(mp4[: len(mp4) // 2])
+    (broken / "truncated.mkv").write_bytes(mkv[: len(mkv) // 2])
+    (broken / "truncated.webm").write_bytes(webm[: len(webm) // 3])
+    (broken / "zero.mp4").write_bytes(b"")
+    (broken / "random.mov").write_bytes(np.random.default_rng(0).bytes(5000))
+    (broken / "notes.mp4").write_text("not a video\n" * 100)  # a wrong extension
+    (broken / "damaged_header.mp4").write_bytes(b"\x00" * 64 + mp4[64:])
+    from PIL import Image
+
+    Image.fromarray(ramp(1, 64, 64)[0]).save(broken / "photo.mp4", "PNG")  # an image as .mp4
+    write_audio_only(broken / "audio.m4a")
+    (broken / "a_folder").mkdir()
+    return good
+
+
+def _prepare_command(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`kvid-prepare ARGS` (module kvid_training.prepare) or `python -m MODULE ARGS`."""
+    if module == "kvid_training.prepare":
+        command = [sys.executable, "-c", "from kvid_training.prepare import run; run()"]
+    else:
+        command = [sys.executable, "-m", module]
+    return subprocess.run(command + list(args), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # four command-line runs over 60 inputs, about 3 minutes on 2 cores
+def test_acceptance_fifty_mixed_videos_and_ten_broken_files(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    good = _write_corpus(videos)
+    settings = ["--split=train", "--frame_size=72", "--fps=15"]
+    local = tmp_path / "local"
+    result = _prepare_command(
+        "kvid_training.prepare", f"--folder={videos}", f"--out_dir={local}", *settings
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "train: 50 clips written, 10 failed, 60 inputs" in result.stdout
+    failures = _read_json(local / "train-failures.json")
+    broken = [name for name in os.listdir(videos / _CORPUS_CLASSES[0]) if name[0] != "v"]
+    assert len(broken) == 10
+    assert sorted(os.path.basename(entry["path"]) for entry in failures) == sorted(broken)
+    assert all(entry["reason"] for entry in failures)
+    clips = _clips(str(local))
+    assert sorted(clips) == sorted(os.path.relpath(path, videos) for path in good)
+
+    strict = tmp_path / "strict"
+    result = _prepare_command(
+        "kvid_training.prepare",
+        f"--folder={videos}",
+        f"--out_dir={strict}",
+        "--max_failures=5",
+        *settings,
+    )
+    assert result.returncode == 2
+    assert (
+        f"10 of 60 inputs failed, more than --max_failures=5; see {strict}/train-failures.json"
+        in result.stderr
+    )
+
+    manifest = tmp_path / "spans.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "start", "end"])
+        for path in good:
+            writer.writerow([path, os.path.basename(os.path.dirname(path)), "0.5", "1.5"])
+    cut = tmp_path / "cut"
+    result = _prepare_command(
+        "kvid_training.prepare", f"--csv={manifest}", f"--out_dir={cut}", *settings
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "train: 50 clips written, 0 failed, 50 inputs" in result.stdout
+    cut_clips = _clips(str(cut))
+    for path, num_frames in good.items():
+        frames = cut_clips[path][2]
+        assert len(frames) == 15 < num_frames, path  # 1 s of every video, at 15 fps
+
+    piped = tmp_path / "beam"
+    result = _prepare_command(
+        "kvid_training.beam_prepare",
+        f"--folder={videos}",
+        f"--out_dir={piped}",
+        *settings,
+        "--runner=DirectRunner",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "train: 50 clips written, 10 failed, 60 inputs" in result.stdout
+    assert _clips(str(piped)) == clips
+    assert _read_json(piped / "train-failures.json") == failures
+    assert dataset.read_dataset_info(str(piped)) == dataset.read_dataset_info(str(local))
