@@ -8,7 +8,7 @@
 kvid-prepare's flags (`kvid-prepare --help`) mean what they mean there; every other flag, and
 everything after `--`, is a Beam pipeline option (`--runner=DirectRunner` by default,
 DataflowRunner, FlinkRunner, SparkRunner, ...). Dataflow's own `--num_workers` goes after `--`:
-before it, `--num_workers` is kvid-prepare's (decode processes per Beam worker thread; default
+before it, `--num_workers` is kvid-prepare's (decode processes per DoFn instance; default
 one per CPU on the DirectRunner, 1 elsewhere).
 
 The launching machine reads the input list, deals the inputs to shards and skips the shards a
