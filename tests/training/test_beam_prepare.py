@@ -348,3 +348,44 @@ def test_acceptance_fifty_mixed_videos_and_ten_broken_files(tmp_path):
     assert _clips(str(piped)) == clips
     assert _read_json(piped / "train-failures.json") == failures
     assert dataset.read_dataset_info(str(piped)) == dataset.read_dataset_info(str(local))
+
+
+def test_videos_at_urls_are_fetched_by_the_workers(folder, tmp_path, monkeypatch):
+    from apache_beam.io.filesystems import FileSystems
+
+    # A filesystem Beam would read (gs://...), served from the local folder for the test.
+    def open_url(path, *args, **kwargs):
+        assert path.startswith("kvidtest://"), path
+        return open(folder / path.removeprefix("kvidtest://"), "rb")
+
+    monkeypatch.setattr(FileSystems, "open", staticmethod(open_url))
+    manifest = tmp_path / "urls.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerow(["kvidtest://moving/webm_vp9.webm", "moving"])
+        writer.writerow(["kvidtest://still/odd.mp4", "still"])
+        writer.writerow(["kvidtest://still/gone.mp4", "still"])
+    out_dir = tmp_path / "out"
+    line = prepare.prepare_from_flags(
+        _flags(csv=str(manifest), out_dir=str(out_dir), split="train", num_workers=1), _beam()
+    )
+    assert line.startswith("train: 2 clips written, 1 failed, 3 inputs")
+    clips = _clips(str(out_dir))
+    assert sorted(clips) == ["kvidtest://moving/webm_vp9.webm", "kvidtest://still/odd.mp4"]
+    local = tmp_path / "local.csv"
+    local.write_text(f"path,label,id\n{folder}/still/odd.mp4,still,kvidtest://still/odd.mp4\n")
+    prepare.prepare_from_flags(
+        _flags(
+            csv=str(local),
+            out_dir=str(tmp_path / "local"),
+            split="train",
+            classes=["moving", "still"],
+        )
+    )
+    assert (
+        _clips(str(tmp_path / "local"))["kvidtest://still/odd.mp4"]
+        == clips["kvidtest://still/odd.mp4"]
+    )
+    [failure] = _read_json(out_dir / "train-failures.json")
+    assert failure == dict(path="kvidtest://still/gone.mp4", line=4, reason="no such file")
