@@ -22,7 +22,7 @@ run's, and either run resumes the other's.
 `--out_dir` must be writable by the workers and the launcher: a local folder for the
 DirectRunner, gs://... (or a shared mount) on a cluster. Videos may be local paths the workers
 can read, or URLs of a filesystem Beam reads (gs://... in a CSV): those are copied to the
-worker before decoding.
+worker before decoding, and one that cannot be fetched fails with "cannot fetch: ...".
 """
 
 from __future__ import annotations
@@ -60,19 +60,18 @@ _HELP_ARGS = ("--help", "-h", "-help", "--helpfull", "-helpfull", "-?")
 
 
 @contextlib.contextmanager
-def _local_copies(rows: Sequence[dict]) -> Iterator[list[dict]]:
-    """The rows with each remote video (a path with a scheme, gs://...) copied to a local file.
-
-    A video that cannot be fetched keeps its URL, so its decode fails with "no such file".
+def _local_copies(rows: Sequence[dict]) -> Iterator[tuple[list[dict], dict[int, str]]]:
+    """The rows with each remote video (a path with a scheme, gs://...) copied to a local file,
+    and {row number: reason} for those that could not be fetched. The copies are deleted after.
     """
     if not any("://" in row["path"] for row in rows):
-        yield list(rows)
+        yield list(rows), {}
         return
     from apache_beam.io.filesystems import FileSystems
 
     folder = tempfile.mkdtemp(prefix="kvid-videos-")
     try:
-        local = []
+        local, failed = [], {}
         for number, row in enumerate(rows):
             if "://" in row["path"]:
                 target = os.path.join(folder, f"{number}{os.path.splitext(row['path'])[1]}")
@@ -81,9 +80,9 @@ def _local_copies(rows: Sequence[dict]) -> Iterator[list[dict]]:
                         shutil.copyfileobj(source, copy, 1 << 20)
                     row = dict(row, path=target)
                 except Exception as error:  # noqa: BLE001 -- the video's failure, not the run's
-                    logging.warning("Cannot fetch %s: %s", row["path"], error)
+                    failed[number] = f"cannot fetch: {' '.join(str(error).split())}"
             local.append(row)
-        yield local
+        yield local, failed
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -107,12 +106,19 @@ class PrepareClips(beam.DoFn):
 
     def process(self, batch):  # no type hints: Beam would check them against GroupByKey's
         rows = [row for _, _, row in batch]
-        with _local_copies(rows) as local:
-            clips = prepare.prepare_clips(local, self.options, self.pool)
-            for (shard, position, row), clip in zip(batch, clips, strict=True):
+        with _local_copies(rows) as (local, failed):
+            fetched = [row for number, row in enumerate(local) if number not in failed]
+            clips = prepare.prepare_clips(fetched, self.options, self.pool)
+            for number, (shard, position, row) in enumerate(batch):
+                if number in failed:
+                    logging.warning("Skipping %s: %s", row["path"], failed[number])
+                    failure = dict(path=row["path"], line=row["line"], reason=failed[number])
+                    clip = prepare.Clip(row, None, failure, 0, None)
+                else:
+                    clip = next(clips)._replace(row=row)
                 if clip.failure is not None:  # named by its input, not by a local copy
-                    clip = clip._replace(row=row, failure=dict(clip.failure, path=row["path"]))
-                yield shard, (position, clip._replace(row=row))
+                    clip = clip._replace(failure=dict(clip.failure, path=row["path"]))
+                yield shard, (position, clip)
 
     def teardown(self) -> None:
         if self.pool is not None:

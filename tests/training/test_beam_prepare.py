@@ -356,6 +356,8 @@ def test_videos_at_urls_are_fetched_by_the_workers(folder, tmp_path, monkeypatch
     # A filesystem Beam would read (gs://...), served from the local folder for the test.
     def open_url(path, *args, **kwargs):
         assert path.startswith("kvidtest://"), path
+        if path.endswith("denied.mp4"):
+            raise PermissionError("403 Forbidden")
         return open(folder / path.removeprefix("kvidtest://"), "rb")
 
     monkeypatch.setattr(FileSystems, "open", staticmethod(open_url))
@@ -366,11 +368,12 @@ def test_videos_at_urls_are_fetched_by_the_workers(folder, tmp_path, monkeypatch
         writer.writerow(["kvidtest://moving/webm_vp9.webm", "moving"])
         writer.writerow(["kvidtest://still/odd.mp4", "still"])
         writer.writerow(["kvidtest://still/gone.mp4", "still"])
+        writer.writerow(["kvidtest://still/denied.mp4", "still"])
     out_dir = tmp_path / "out"
     line = prepare.prepare_from_flags(
         _flags(csv=str(manifest), out_dir=str(out_dir), split="train", num_workers=1), _beam()
     )
-    assert line.startswith("train: 2 clips written, 1 failed, 3 inputs")
+    assert line.startswith("train: 2 clips written, 2 failed, 4 inputs")
     clips = _clips(str(out_dir))
     assert sorted(clips) == ["kvidtest://moving/webm_vp9.webm", "kvidtest://still/odd.mp4"]
     local = tmp_path / "local.csv"
@@ -387,5 +390,11 @@ def test_videos_at_urls_are_fetched_by_the_workers(folder, tmp_path, monkeypatch
         _clips(str(tmp_path / "local"))["kvidtest://still/odd.mp4"]
         == clips["kvidtest://still/odd.mp4"]
     )
-    [failure] = _read_json(out_dir / "train-failures.json")
-    assert failure == dict(path="kvidtest://still/gone.mp4", line=4, reason="no such file")
+    assert _read_json(out_dir / "train-failures.json") == [
+        dict(
+            path="kvidtest://still/gone.mp4",
+            line=4,
+            reason=f"cannot fetch: [Errno 2] No such file or directory: '{folder}/still/gone.mp4'",
+        ),
+        dict(path="kvidtest://still/denied.mp4", line=5, reason="cannot fetch: 403 Forbidden"),
+    ]
