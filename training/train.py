@@ -410,20 +410,6 @@ def config_from_flags(
     )
 
 
-def _source_preset(source: Workdir) -> str:
-    """The preset a --init_from workdir's model.json names (a ported one: its family's)."""
-    if source.reference is None:
-        return str(source.preset)
-    return source.preset or f"{source.reference.get('family')}_reference"
-
-
-def _source_overrides(source: Workdir) -> dict[str, Any]:
-    """A trained --init_from workdir's preset overrides (none for a ported one)."""
-    from kvid.models import transfer
-
-    return {} if source.reference is not None else transfer.workdir_overrides(source)
-
-
 def _preset_fields(name: str) -> dict[str, Any]:
     """The preset's fields; an unknown preset is a usage error listing the valid ones."""
     presets = kvid.models.list_presets()
@@ -493,36 +479,14 @@ def _init_source(init_from: str, preset_flag: flags.Flag) -> tuple[Workdir, dict
     Only model.json is read here; the weights are read when the float phase starts from them.
     """
     from kvid.data.workdir import WorkdirError, load_workdir
+    from kvid.models import transfer
 
     try:
         source = load_workdir(init_from)
-    except WorkdirError as error:
+        preset, overrides = transfer.workdir_architecture(source)
+        fields = kvid.models.get_preset(preset, **overrides)
+    except (WorkdirError, ValueError) as error:
         raise app.UsageError(f"--init_from={init_from}: {error}") from error
-    json_path = os.path.join(source.path, "model.json")
-    if source.reference is None:
-        if source.preset not in kvid.models.list_presets():
-            raise app.UsageError(
-                f"--init_from={init_from}: {json_path} names preset {source.preset!r}, which "
-                "kvid does not have"
-            )
-        from kvid.models import transfer
-
-        try:
-            fields = kvid.models.get_preset(source.preset, **transfer.workdir_overrides(source))
-        except ValueError as error:
-            raise app.UsageError(f"--init_from={init_from}: {json_path}: {error}") from error
-        preset = source.preset
-    else:
-        normalization = source.reference.get("normalization") or source.normalization or {}
-        fields = {
-            "num_frames": source.num_frames,
-            "image_size": source.image_size[0],
-            "input_mean": normalization.get("mean"),
-            "input_std": normalization.get("std"),
-            "image_input": source.reference.get("family") == "mobile_former"
-            and not source.reference.get("inflate"),
-        }
-        preset = source.preset or f"{source.reference.get('family')}_reference"
     if fields.get("image_input"):
         raise app.UsageError(
             f"--init_from={init_from}: an image model ({preset}); train.py trains video models"
@@ -536,9 +500,7 @@ def _init_source(init_from: str, preset_flag: flags.Flag) -> tuple[Workdir, dict
 
 
 def build_model(
-    cfg: config.TrainConfig,
-    blame: Mapping[str, Sequence[str]] | None = None,
-    source: Workdir | None = None,
+    cfg: config.TrainConfig, blame: Mapping[str, Sequence[str]] | None = None
 ) -> keras.Model:
     """The float classifier; a rejected size or override is a usage error naming its flag.
 
@@ -547,21 +509,7 @@ def build_model(
       blame: {flag: preset fields it sets} for the flags given on the command line; the error
         names the flag whose field the preset's message mentions first (the message may go on
         to list every valid field), or all of them when it mentions none.
-      source: the --init_from workdir; a ported one's model is rebuilt from its reference
-        configuration (a trained one's from `cfg.preset` and `cfg.model_overrides`).
     """
-    if source is not None and source.reference is not None:
-        from kvid.models import transfer
-
-        try:
-            return transfer.build_workdir_model(
-                source,
-                num_classes=cfg.num_classes,
-                num_frames=cfg.num_frames,
-                image_size=cfg.image_size,
-            )
-        except ValueError as error:
-            raise app.UsageError(f"--init_from={cfg.init_from}: {error}") from error
     try:
         return kvid.models.create(cfg.preset, num_classes=cfg.num_classes, **cfg.model_kwargs)
     except ValueError as error:
@@ -577,6 +525,21 @@ def build_model(
         raise app.UsageError(
             f"{' / '.join(names)}: {cfg.preset} rejects this input or override: {message}"
         ) from error
+
+
+def _source_architecture(source: Workdir | None) -> dict[str, Any]:
+    """`config_from_flags`' preset and base overrides for an --init_from workdir (none without).
+
+    A ported workdir's reference configuration becomes its family's closest preset plus the
+    fields that differ (`kvid.models.transfer.workdir_architecture`): the fine-tuned model is an
+    ordinary kvid model, which model.json rebuilds at any input size.
+    """
+    if source is None:
+        return {}
+    from kvid.models import transfer
+
+    preset, overrides = transfer.workdir_architecture(source)
+    return {"preset": preset, "base_overrides": overrides}
 
 
 def _label_map_path(workdir: Workdir) -> str:
@@ -728,17 +691,11 @@ def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
             FLAGS,
             preset_fields=preset_fields,
             dataset_info=info,
-            preset=None if source is None else _source_preset(source),
-            base_overrides=None if source is None else _source_overrides(source),
+            **_source_architecture(source),
         )
         distribute.check_global_batch(cfg.batch_size, strategy, "--batch_size")
     except ValueError as error:
         raise app.UsageError(str(error)) from error
-    if source is not None and source.reference is not None and FLAGS.model_overrides:
-        raise app.UsageError(
-            f"--model_overrides: --init_from={FLAGS.init_from} holds a ported model, rebuilt "
-            "from its reference configuration without overrides"
-        )
     cfg = dataclasses.replace(cfg, workdir=out_dir)
     logging.info(
         "%s strategy: %d replica(s), %d clips per replica per step%s",
@@ -757,7 +714,7 @@ def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
     # whose flags.txt would block the corrected command.
     blame = _blamed_fields(FLAGS)
     with strategy.scope():
-        float_model = build_model(cfg, blame, source)
+        float_model = build_model(cfg, blame)
     if source is not None:
         initialize_from(cfg, float_model, source, info["classes"], dataset_json)
     os.makedirs(cfg.workdir, exist_ok=True)
@@ -769,17 +726,8 @@ def main(argv: Sequence[str], flag_names: Sequence[str]) -> None:
             f"Replay: python training/train.py --flagfile={flags_path}",
         ),
     )
-    reference = None
-    if source is not None and source.reference is not None:
-        # The fine-tuned model is the reference configuration at this run's input size.
-        reference = dict(source.reference, num_frames=cfg.num_frames, image_size=cfg.image_size[0])
-    workdir.write_run_files(cfg, preset_fields, info, reference=reference)
-    loop.train(
-        cfg,
-        float_model,
-        strategy=strategy,
-        build_float32=lambda: build_model(cfg, blame, source),
-    )
+    workdir.write_run_files(cfg, preset_fields, info)
+    loop.train(cfg, float_model, strategy=strategy, build_float32=lambda: build_model(cfg, blame))
     distribute.remove_worker_dir(os.path.abspath(FLAGS.workdir), strategy)
     logging.info("Done in %.1f min; outputs in %s", (time.time() - started) / 60, FLAGS.workdir)
 

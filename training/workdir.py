@@ -53,10 +53,7 @@ def path(workdir: str, *parts: str) -> str:
 
 
 def write_run_files(
-    cfg: config.TrainConfig,
-    preset_fields: Mapping[str, Any],
-    info: Mapping[str, Any],
-    reference: Mapping[str, Any] | None = None,
+    cfg: config.TrainConfig, preset_fields: Mapping[str, Any], info: Mapping[str, Any]
 ) -> None:
     """Writes config.json, model.json and label_map.json into the run's workdir.
 
@@ -64,12 +61,9 @@ def write_run_files(
       cfg: the run's config.
       preset_fields: `kvid.models.get_preset(cfg.preset)` (input normalisation).
       info: the dataset's dataset.json (class names and order pairs).
-      reference: for a model fine-tuned from a ported workdir, the reference configuration that
-        rebuilds it (model.json's `reference`); None for a preset.
     """
     write_json(path(cfg.workdir, "config.json"), cfg.to_json_dict())
     write_json(path(cfg.workdir, LABEL_MAP_JSON), list(info["classes"]))
-    extra = {} if reference is None else {"reference": dict(reference)}
     write_json(
         path(cfg.workdir, MODEL_JSON),
         model_json(
@@ -86,7 +80,6 @@ def write_run_files(
                 "std": preset_fields.get("input_std"),
             },
             data_dir=cfg.data_dir,
-            **extra,
         ),
     )
 

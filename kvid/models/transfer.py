@@ -24,7 +24,8 @@ layer: nothing is skipped silently.
 Interpolation follows PyTorch's `F.interpolate(..., align_corners=False)` (bicubic with a = -0.75,
 edges clamped), so a checkpoint resized here equals one resized by the reference code.
 `build_workdir_model` rebuilds the model of any workdir: a trained one from its preset and
-overrides, a ported one from its reference configuration.
+overrides, a ported one from its reference configuration; `workdir_architecture` gives both as a
+preset and overrides, which a fine-tuned model is built from.
 """
 
 from __future__ import annotations
@@ -316,6 +317,70 @@ def workdir_overrides(workdir) -> dict[str, Any]:
     return {key: _tuples(value) for key, value in (workdir.raw.get("overrides") or {}).items()}
 
 
+def _reference_fields(reference: Mapping[str, Any]) -> dict[str, Any]:
+    """The kvid fields of a reference configuration at its recorded input (`reference_build`)."""
+    from kvid.models import reference_build
+
+    family = reference.get("family")
+    if family not in reference_build._FAMILIES:
+        raise ValueError(f"unsupported reference family {family!r}")
+    if reference.get("inflate"):
+        raise ValueError("a reference inflated from an image checkpoint is not supported here")
+    mean, std = reference_build._normalization(reference)
+    image_size = reference.get("image_size")
+    num_frames = None if family == "mobile_former" else reference.get("num_frames")
+    _, fields, _, _ = reference_build._FAMILIES[family](
+        reference,
+        None if image_size is None else int(image_size),
+        None if num_frames is None else int(num_frames),
+        mean,
+        std,
+    )
+    return fields
+
+
+def workdir_architecture(workdir) -> tuple[str, dict[str, Any]]:
+    """`(preset, overrides)` that `kvid.models.create` builds a workdir's architecture from.
+
+    A trained workdir's are its own (model.json). A ported one's reference configuration is
+    translated into kvid fields and written as the closest preset of its family plus the fields
+    that differ, so a model fine-tuned from it is an ordinary kvid model at any input size (the
+    reference configuration itself may tie its windows to one input).
+
+    Raises:
+      ValueError: the preset is unknown, or the reference configuration is not supported.
+    """
+    from kvid import models
+
+    if workdir.reference is None:
+        if workdir.preset not in models.list_presets():
+            raise ValueError(
+                f"workdir {workdir.path}: model.json names preset {workdir.preset!r}, which kvid "
+                "does not have"
+            )
+        return workdir.preset, workdir_overrides(workdir)
+    try:
+        fields = {
+            key: _tuples(value) for key, value in _reference_fields(workdir.reference).items()
+        }
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"workdir {workdir.path}: model.json's reference configuration: {error}"
+        ) from error
+
+    def differences(preset: str) -> dict[str, Any]:
+        preset_fields = models.get_preset(preset)
+        return {
+            key: value
+            for key, value in fields.items()
+            if key in preset_fields and _tuples(preset_fields[key]) != value
+        }
+
+    presets = models.list_presets(workdir.reference["family"])
+    best = min(presets, key=lambda name: (len(differences(name)), name))
+    return best, differences(best)
+
+
 def build_workdir_model(
     workdir,
     *,
@@ -326,51 +391,39 @@ def build_workdir_model(
 ) -> keras.Model:
     """The model of a workdir (`kvid.data.workdir.load_workdir`), freshly initialised.
 
-    A trained workdir is rebuilt from its preset and overrides, a ported one from its reference
-    configuration (`kvid.models.reference_build`). Its weights are in `export/float.weights.h5`.
+    Its weights, `export/float.weights.h5`, load into the model built with the defaults: a
+    trained workdir's from its preset and overrides, a ported one's from its reference
+    configuration (`kvid.models.reference_build`). Another input or overrides build
+    `workdir_architecture`'s preset with them.
 
     Args:
       workdir: the parsed workdir.
       num_classes: classifier width (default: the workdir's).
       num_frames, image_size: another input (default: the workdir's).
-      overrides: more preset fields to change (trained workdirs only).
+      overrides: more preset fields to change.
 
     Raises:
       ValueError: the workdir's preset is unknown, or the model rejects the input or overrides.
     """
-    num_classes = workdir.num_classes if num_classes is None else num_classes
-    reference = workdir.reference
-    if reference is not None:
-        if overrides:
-            raise ValueError(
-                f"workdir {workdir.path} holds a model ported from a reference checkpoint: it is "
-                f"rebuilt from its reference configuration, without overrides ({sorted(overrides)})"
-            )
-        from kvid.models.reference_build import build_reference_model
-
-        size = None if image_size is None else _side(image_size, workdir.path)
-        return build_reference_model(
-            reference, image_size=size, num_frames=num_frames, num_classes=num_classes
-        )
     from kvid import models
 
-    if workdir.preset not in models.list_presets():
-        raise ValueError(
-            f"workdir {workdir.path}: model.json names preset {workdir.preset!r}, which kvid "
-            "does not have"
-        )
-    kwargs = workdir_overrides(workdir)
+    num_classes = workdir.num_classes if num_classes is None else num_classes
+    same_input = num_frames in (None, workdir.num_frames) and (
+        image_size is None or _side(image_size, workdir.path) == workdir.image_size[0]
+    )
+    if workdir.reference is not None and same_input and not overrides:
+        from kvid.models.reference_build import build_reference_model
+
+        return build_reference_model(workdir.reference, num_classes=num_classes)
+    preset, kwargs = workdir_architecture(workdir)
     kwargs.update(overrides or {})
     if num_frames is not None:
         kwargs["num_frames"] = int(num_frames)
     if image_size is not None:
-        stored = kwargs.get("image_size", models.get_preset(workdir.preset).get("image_size"))
-        kwargs["image_size"] = (
-            _side(image_size, workdir.path)
-            if isinstance(stored, int)
-            else _tuples(list(image_size) if not isinstance(image_size, int) else [image_size] * 2)
-        )
-    return models.create(workdir.preset, num_classes=num_classes, **kwargs)
+        stored = kwargs.get("image_size", models.get_preset(preset).get("image_size"))
+        side = _side(image_size, workdir.path)
+        kwargs["image_size"] = side if isinstance(stored, int) else (side, side)
+    return models.create(preset, num_classes=num_classes, **kwargs)
 
 
 def _side(image_size: int | Sequence[int], where: str) -> int:
@@ -393,5 +446,6 @@ __all__ = [
     "resize_relative_table",
     "resize_window_bias",
     "transfer_weights",
+    "workdir_architecture",
     "workdir_overrides",
 ]

@@ -98,11 +98,10 @@ def init_model(source_dir: str, classes: list[str], *args: str):
         fv,
         preset_fields=fields,
         dataset_info=info,
-        preset=train._source_preset(source),
-        base_overrides=train._source_overrides(source),
+        **train._source_architecture(source),
     )
     keras.utils.set_random_seed(0)
-    model = train.build_model(cfg, source=source)
+    model = train.build_model(cfg)
     assert train.initialize_from(cfg, model, source, classes, "DATA/dataset.json")
     return cfg, model
 
@@ -272,6 +271,63 @@ def test_posmlp_temporal_tables_follow_the_frames(tmp_path):
     )
     for path, value in after.items():
         if path not in resized:
+            np.testing.assert_array_equal(value, before[path], err_msg=path)
+
+
+def write_ported(root: str, golden_dir, golden: str) -> tuple[dict, object]:
+    """A workdir as kvid-port writes it: model.json with the reference configuration of a
+    golden file (its small reference model), random weights."""
+    from kvid.models.reference_build import build_reference_model
+
+    with open(os.path.join(golden_dir, f"{golden}.json"), encoding="utf-8") as file:
+        golden_json = json.load(file)
+    reference = {
+        "family": golden_json["family"],
+        "constructor": golden_json["constructor"],
+        "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+    }
+    model = build_reference_model(reference)
+    _randomize(model)
+    frames, height, width, _ = (int(d) for d in model.input.shape[1:])
+    reference.update(num_frames=frames, image_size=height)
+    labels = [f"k{i}" for i in range(int(model.output.shape[-1]))]
+    os.makedirs(os.path.join(root, "export"), exist_ok=True)
+    write_json(
+        os.path.join(root, MODEL_JSON),
+        model_json(
+            preset=f"{golden}_reference", num_classes=len(labels), overrides={},
+            num_frames=frames, image_size=(height, width), frame_stride=1, labels=labels,
+            order_pairs=[], normalization=reference["normalization"], data_dir="",
+            reference=reference,
+        ),
+    )  # fmt: skip
+    workdir.save_weights(model, os.path.join(root, "export", "float.weights.h5"))
+    return reference, model
+
+
+def test_a_ported_xvit_fine_tunes_at_another_input(tmp_path, golden_dir):
+    """The reference configuration becomes an xvit preset plus overrides, at 4 x 64 x 64."""
+    root = str(tmp_path / "ported")
+    _, source_model = write_ported(root, golden_dir, "xvit")
+    cfg, model = init_model(
+        root, TINY_CLASSES, "--num_frames=4", "--image_size=64",
+        # the reference shifts and embeds time in periods of 8 frames: 4 at 4 frames
+        "--model_overrides=num_segments=4", "--model_overrides=temporal_length=4",
+    )  # fmt: skip
+    assert cfg.preset in kvid.models.list_presets("xvit")
+    assert cfg.model_kwargs["embed_dim"] == 96 and cfg.model_kwargs["depth"] == 2
+    before, after = weights_by_path(source_model), weights_by_path(model)
+    assert after.keys() == before.keys()
+    position = before["embed/position_embedding"]  # 14 x 14 patches at 224 -> 4 x 4 at 64
+    expected = torch_bicubic(position[1:].reshape(14, 14, -1), 4).reshape(16, -1)
+    np.testing.assert_allclose(after["embed/position_embedding"][1:], expected, atol=1e-5)
+    temporal = before["embed/temporal_embedding"]
+    np.testing.assert_allclose(
+        after["embed/temporal_embedding"], torch_resize_1d(temporal, 4, "linear"), atol=1e-6
+    )
+    for path, value in after.items():
+        if path not in ("embed/position_embedding", "embed/temporal_embedding", "logits/kernel",
+                        "logits/bias"):  # fmt: skip
             np.testing.assert_array_equal(value, before[path], err_msg=path)
 
 
