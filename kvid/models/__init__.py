@@ -12,14 +12,19 @@ registered below, by name, and nowhere else.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
 
 from kvid.backend import keras
 from kvid.models import dualformer, mobile_former, posmlp, xvit
+from kvid.models.dualformer.released import REFERENCE_CONFIGS as _DUALFORMER_RELEASED
+from kvid.models.mobile_former.released import REFERENCE_CONFIGS as _MOBILE_FORMER_RELEASED
 from kvid.models.porting import StateDict
+from kvid.models.posmlp.released import REFERENCE_CONFIGS as _POSMLP_RELEASED
 from kvid.models.registry import Family, Registry
+from kvid.models.xvit.released import REFERENCE_CONFIGS as _XVIT_RELEASED
 
 REGISTRY = Registry()
 REGISTRY.register(mobile_former.FAMILY)
@@ -101,6 +106,47 @@ def from_reference(
     )
 
 
+# Named reference configurations of the papers' released checkpoints (kvid/models/*/released.py).
+_REFERENCE_CONFIGS = {
+    **_MOBILE_FORMER_RELEASED,
+    **_DUALFORMER_RELEASED,
+    **_XVIT_RELEASED,
+    **_POSMLP_RELEASED,
+}
+
+
+def list_reference_configs(family: str | None = None) -> list[str]:
+    """Names of the released checkpoints' reference configurations (or of one family's)."""
+    if family is not None:
+        REGISTRY.family(family)  # an unknown family is an error naming the valid ones
+    return sorted(
+        name
+        for name, config in _REFERENCE_CONFIGS.items()
+        if family is None or config["family"] == family
+    )
+
+
+def reference_config(name: str) -> dict:
+    """A copy of a released checkpoint's reference configuration, as `from_reference` takes it.
+
+    Besides `family` and `constructor` it holds the checkpoint's input (`num_frames`,
+    `image_size`, `normalization`: {"mean", "std"} on [0, 1] inputs), `num_classes`, `dataset`,
+    and `checkpoint` / `source` (where the weights and the numbers come from; documentation only,
+    nothing is downloaded):
+
+        reference = kvid.models.reference_config("dualformer_tiny_k400")
+        model = kvid.models.from_reference(
+            reference, state_dict,
+            input_mean=reference["normalization"]["mean"],
+            input_std=reference["normalization"]["std"])
+    """
+    if name not in _REFERENCE_CONFIGS:
+        raise ValueError(
+            f"Unknown reference configuration {name!r}; valid names: {list_reference_configs()}."
+        )
+    return copy.deepcopy(_REFERENCE_CONFIGS[name])
+
+
 __all__ = [
     "Family",
     "REGISTRY",
@@ -110,4 +156,6 @@ __all__ = [
     "get_preset",
     "list_families",
     "list_presets",
+    "list_reference_configs",
+    "reference_config",
 ]
