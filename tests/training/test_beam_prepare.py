@@ -284,7 +284,7 @@ def _prepare_command(module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command + list(args), capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.slow  # four command-line runs over 60 inputs, about 3 minutes on 2 cores
+@pytest.mark.slow  # four command-line runs over 60 inputs: 50-100 s on the shared 2-core machine
 def test_acceptance_fifty_mixed_videos_and_ten_broken_files(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
