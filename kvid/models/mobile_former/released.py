@@ -102,7 +102,8 @@ def _config(size: str) -> dict:
             # num_classes: MobileFormer's default (the factories do not pass it); img_size too.
             "kwargs": dict(_FACTORY, **kwargs, **_COMMON, num_classes=1000, img_size=224),
         },
-        "num_frames": 1,  # an image model: see kvid.models.mobile_former.inflate for video
+        # an image model: kvid.models.mobile_former.inflate makes a video model of any length
+        "num_frames": None,
         "image_size": 224,
         "num_classes": 1000,
         "dataset": "ImageNet-1k",
