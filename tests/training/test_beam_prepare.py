@@ -218,6 +218,7 @@ def test_command_line_runs_the_pipeline_and_reports_bad_options_in_one_line(fold
         f"--csv={good}",
         f"--out_dir={tmp_path / 'out'}",
         "--split=val",
+        "--num_workers=1",
         "--runner=DirectRunner",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
