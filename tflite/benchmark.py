@@ -174,6 +174,33 @@ def batch_matmul_refusals(tflite_bytes: bytes, fallback_op_indices: Sequence[int
     return refusals
 
 
+def batch_matmuls(tflite_bytes: bytes) -> list[dict[str, Any]]:
+    """Every BATCH_MATMUL: its kvid layer and its right-hand operand (name, dtype, zero point,
+    whether a constant)."""
+    ops, _, _ = edgetpu._read_model(tflite_bytes)  # pylint: disable=protected-access
+    found = []
+    for op in ops:
+        if op.name != "BATCH_MATMUL":
+            continue
+        rhs = op.inputs[1]
+        layer, _ = edgetpu._layer_of(op, None)  # pylint: disable=protected-access
+        found.append(
+            {"op": op.index, "layer": layer, "rhs": rhs.name, "dtype": rhs.dtype,
+             "zero_point": rhs.zero_point, "constant": rhs.constant}
+        )  # fmt: skip
+    return found
+
+
+def asymmetric_batch_matmuls(tflite_bytes: bytes) -> list[dict[str, Any]]:
+    """The int8 BATCH_MATMULs whose right-hand operand is an activation with a non-zero zero
+    point: XNNPACK refuses each (see `batch_matmul_refusals`)."""
+    return [
+        m
+        for m in batch_matmuls(tflite_bytes)
+        if m["dtype"] == "int8" and not m["constant"] and m["zero_point"] not in (None, 0)
+    ]
+
+
 def gmacs(tflite_bytes: bytes) -> float:
     """Matrix-op multiply-accumulates per invoke, in billions (docs/design.md section 6)."""
     ops, _, _ = edgetpu._read_model(tflite_bytes)  # pylint: disable=protected-access

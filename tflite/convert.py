@@ -146,11 +146,14 @@ def convert_keras_model(
     mode: str = "int8",
     representative: ClipSource | None = None,
     input_layout: str = "clip",
+    symmetric_rhs: bool = True,
 ) -> bytes:
     """Converts an in-memory Keras model (float or QAT) to `.tflite` bytes at static batch 1.
 
     The same conversion as `kvid-convert` (signature `serving_default`, input `video`, output
     `logits`; int8 I/O for "int8"; `input_layout` as there), for a model not exported yet.
+    `symmetric_rhs=False` skips `symmetric_batch_matmul_operands` (to see the converter's own
+    int8 graph).
     """
     import tensorflow as tf
 
@@ -169,7 +172,10 @@ def convert_keras_model(
 
     function = tf.function(serving, input_signature=[spec]).get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
-    return _configure(converter, mode, representative, input_shape, float_io=False).convert()
+    content = _configure(converter, mode, representative, input_shape, float_io=False).convert()
+    if mode == "int8" and symmetric_rhs:
+        return symmetric_batch_matmul_operands(content)[0]
+    return content
 
 
 def _configure(
@@ -209,8 +215,119 @@ def convert_saved_model(
     representative: ClipSource | None = None,
     input_layout: str = "clip",
 ) -> bytes:
-    """Converts `model` to `.tflite` bytes (see `make_converter`)."""
-    return make_converter(model, mode, representative, input_layout=input_layout).convert()
+    """Converts `model` to `.tflite` bytes (see `make_converter`); int8 models get
+    `symmetric_batch_matmul_operands`."""
+    content = make_converter(model, mode, representative, input_layout=input_layout).convert()
+    return symmetric_batch_matmul_operands(content)[0] if mode == "int8" else content
+
+
+# ------------------------------------------------------------------------------------------------
+# Zero point 0 for the right-hand operands of int8 BATCH_MATMULs
+# ------------------------------------------------------------------------------------------------
+def symmetric_batch_matmul_operands(content: bytes) -> tuple[bytes, list[dict[str, Any]]]:
+    """Requantizes every int8 activation that is the right-hand operand of a BATCH_MATMUL and
+    has a non-zero zero point to zero point 0, by one QUANTIZE op before its first such use.
+
+    XNNPACK takes an int8 BATCH_MATMUL of two activations only when the right-hand operand's zero
+    point is 0 (LiteRT's `tflite/delegates/xnnpack/xnnpack_delegate.cc`); otherwise the builtin
+    reference kernel runs it, tens of times slower. A QAT model gets zero point 0 from its
+    symmetric fake quants (`kvid.layers.base`) and is returned unchanged; post-training
+    quantization calibrates an asymmetric range for every tensor, which this fixes: the tensor
+    of scale `s` and zero point `z` covers `[s (-128 - z), s (127 - z)]`, and the new one covers
+    `[-m, m]` with `m` the larger magnitude, at scale `m / 127` (at most one bit coarser, for a
+    one-signed tensor). XNNPACK runs the int8 -> int8 QUANTIZE.
+
+    Returns the new `.tflite` bytes and one record per requantized tensor (the first
+    BATCH_MATMUL using it, its name, and the old and new scale and zero point).
+    """
+    import flatbuffers
+
+    from kvid_tflite.litert import schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    codes = model.operatorCodes or []
+
+    def builtin(index: int) -> int:
+        return max(codes[index].builtinCode, codes[index].deprecatedBuiltinCode)
+
+    matmuls = {i for i in range(len(codes)) if builtin(i) == schema.BuiltinOperator.BATCH_MATMUL}
+    records: list[dict[str, Any]] = []
+    quantize_code = None
+    for subgraph in model.subgraphs or []:
+        operators = list(subgraph.operators or [])
+        produced = {
+            int(o) for op in operators for o in (op.outputs if op.outputs is not None else [])
+        }
+        replacement: dict[int, int] = {}  # old tensor -> its zero-point-0 copy
+        inserted: list[tuple[int, Any]] = []  # (operator position, QUANTIZE op)
+        for position, op in enumerate(operators):
+            if op.opcodeIndex not in matmuls or op.inputs is None or len(op.inputs) < 2:
+                continue
+            rhs = int(op.inputs[1])
+            if rhs in replacement:
+                op.inputs[1] = replacement[rhs]
+                continue
+            tensor = subgraph.tensors[rhs]
+            q = tensor.quantization
+            if (
+                tensor.type != schema.TensorType.INT8
+                or rhs not in produced  # a constant or a model input
+                or q is None
+                or q.zeroPoint is None
+                or len(q.zeroPoint) != 1
+                or int(q.zeroPoint[0]) == 0
+            ):
+                continue
+            scale, zero_point = float(q.scale[0]), int(q.zeroPoint[0])
+            new_scale = scale * max(128 + zero_point, 127 - zero_point) / 127.0
+            copy = schema.TensorT()
+            copy.shape = tensor.shape
+            copy.shapeSignature = tensor.shapeSignature
+            copy.type = schema.TensorType.INT8
+            copy.buffer = 0  # the empty buffer: written at run time
+            copy.name = (tensor.name or b"") + b"/zero_point_0"
+            copy.quantization = schema.QuantizationParametersT()
+            copy.quantization.scale = [new_scale]
+            copy.quantization.zeroPoint = [0]
+            subgraph.tensors.append(copy)
+            replacement[rhs] = len(subgraph.tensors) - 1
+            if quantize_code is None:
+                quantize_code = _operator_code(model, schema.BuiltinOperator.QUANTIZE, version=2)
+            quantize = schema.OperatorT()
+            quantize.opcodeIndex = quantize_code
+            quantize.inputs = [rhs]
+            quantize.outputs = [replacement[rhs]]
+            quantize.builtinOptionsType = schema.BuiltinOptions.QuantizeOptions
+            quantize.builtinOptions = schema.QuantizeOptionsT()
+            inserted.append((position, quantize))
+            op.inputs[1] = replacement[rhs]
+            records.append(
+                {"batch_matmul": position, "tensor": (tensor.name or b"").decode("utf-8", "replace"),
+                 "scale": scale, "zero_point": zero_point, "new_scale": new_scale}
+            )  # fmt: skip
+        for position, quantize in reversed(inserted):  # later positions first: indices hold
+            operators.insert(position, quantize)
+        subgraph.operators = operators
+    if not records:
+        return content, records
+    builder = flatbuffers.Builder(len(content) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), records
+
+
+def _operator_code(model: Any, builtin_code: int, version: int) -> int:
+    """The index of `builtin_code`'s operator code in `model`, added when missing."""
+    from kvid_tflite.litert import schema
+
+    for index, code in enumerate(model.operatorCodes or []):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin_code:
+            return index
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin_code
+    code.deprecatedBuiltinCode = min(builtin_code, 127)
+    code.version = version
+    model.operatorCodes = [*(model.operatorCodes or []), code]
+    return len(model.operatorCodes) - 1
 
 
 # ------------------------------------------------------------------------------------------------

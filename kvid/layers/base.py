@@ -4,6 +4,11 @@ TFMOT's QuantizeConfig reaches only a layer's weights, activations and outputs. 
 multiplies two activations, takes a softmax or adds two branches inside `call` requantizes there in
 the int8 TFLite graph, so in QAT mode (`quantized=True`) it inserts its own fake-quant nodes at
 exactly those points, with range variables of its own.
+
+A point that feeds the right-hand operand of a matmul of two activations is *symmetric*: its range
+is `[-m, m]` with a narrow range (levels -127..127), so the converted int8 tensor has zero point 0.
+XNNPACK takes an int8 BATCH_MATMUL of two activations only then (LiteRT's
+`xnnpack_delegate.cc`); any other zero point leaves it to the builtin reference kernel.
 """
 
 from __future__ import annotations
@@ -48,17 +53,27 @@ def create_range_variables(layer: keras.layers.Layer, name: str) -> dict[str, tf
     }
 
 
-def fake_quant_with_range(x, variables: dict[str, tf.Variable], training) -> tf.Tensor:
+def fake_quant_with_range(
+    x, variables: dict[str, tf.Variable], training, symmetric: bool = False
+) -> tf.Tensor:
     """Fake-quantizes `x` to 8 bits with an EMA-tracked range (updated only when training).
 
     The range always contains 0 (int8 zero points must be exact). Under a distribution strategy
     the batch range is the range of the global batch (gathered from all replicas), so training on
     several replicas tracks the same range as one device with the same global batch.
+
+    With `symmetric`, the tracked range is `[-m, m]` (m the larger magnitude of the batch range)
+    and the fake quant uses the narrow range -127..127: the TFLite converter then gives the tensor
+    zero point 0 exactly, the only one XNNPACK takes for the right-hand operand of an int8
+    BATCH_MATMUL of two activations. A one-signed tensor loses one bit of its 8.
     """
     if training:
         batch_min = tf.minimum(tf.reduce_min(x), 0.0)
         batch_max = tf.maximum(tf.reduce_max(x), 0.0)
         batch_min, batch_max = _global_range(batch_min, batch_max)
+        if symmetric:
+            batch_max = tf.maximum(batch_max, -batch_min)
+            batch_min = -batch_max
         init = variables["initialized"]
         decay = RANGE_EMA_DECAY * init  # 0 on the first batch: take the batch range as is
         new_min = decay * variables["min"] + (1.0 - decay) * batch_min
@@ -69,9 +84,13 @@ def fake_quant_with_range(x, variables: dict[str, tf.Variable], training) -> tf.
             init.assign(1.0),
         ]
         with tf.control_dependencies(updates):
-            return tf.quantization.fake_quant_with_min_max_vars(x, new_min, new_max, num_bits=8)
+            return tf.quantization.fake_quant_with_min_max_vars(
+                x, new_min, new_max, num_bits=8, narrow_range=symmetric
+            )
+    # A symmetric point's variables hold -m and m exactly (negation commutes with the EMA), and
+    # are read as they are: the converter takes the fake quant's range only from constants.
     return tf.quantization.fake_quant_with_min_max_vars(
-        x, variables["min"], variables["max"], num_bits=8
+        x, variables["min"], variables["max"], num_bits=8, narrow_range=symmetric
     )
 
 
@@ -102,6 +121,9 @@ class QuantizableLayer(keras.layers.Layer):
 
     # Names of the internal requantization points; subclasses override.
     quant_points: tuple[str, ...] = ()
+    # The points that feed the right-hand operand of a matmul of two activations: symmetric
+    # ranges, int8 zero point 0 (see the module docstring).
+    symmetric_points: tuple[str, ...] = ()
 
     def __init__(self, quantized: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -119,7 +141,8 @@ class QuantizableLayer(keras.layers.Layer):
         """Fake-quantizes `x` at internal point `name` in QAT mode; identity otherwise."""
         if not self.quantized:
             return x
-        return fake_quant_with_range(x, self._ranges[name], bool(training))
+        symmetric = name in self.symmetric_points
+        return fake_quant_with_range(x, self._ranges[name], bool(training), symmetric)
 
     def fq_softmax(self, x) -> tf.Tensor:
         return fake_quant_softmax(x) if self.quantized else x

@@ -157,6 +157,9 @@ class _Attention(QuantizableLayer):
         build_sublayer(layer, (None, channels))
         return layer
 
+    # keys and values are the right-hand operands of the two matmuls
+    symmetric_points = ("key", "value")
+
     def _attend(self, q, k, v, training, bias=None):
         """q (B', N, C), k and v (B', S, C) -> (B', N, C): softmax over the S keys per head.
 

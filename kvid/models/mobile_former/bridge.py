@@ -58,6 +58,7 @@ class Mobile2Former(QuantizableLayer):
 
     quant_points = (
         "query",
+        "keys",
         "scores",
         "attended",
         "frame_attended",
@@ -66,6 +67,12 @@ class Mobile2Former(QuantizableLayer):
         "projected",
         "residual",
     )
+
+    @property
+    def symmetric_points(self) -> tuple[str, ...]:
+        # the raw features are the keys and values; the factorized form's per-frame attended
+        # vectors are the right-hand operand of the matmul over frames
+        return ("keys", "attended") if self.formulation == "factorized" else ("keys",)
 
     def __init__(
         self,
@@ -111,6 +118,7 @@ class Mobile2Former(QuantizableLayer):
 
     def _attend_full(self, x, q, training):
         _, frames, height, width, channels = x.shape
+        x = self.fq("keys", x, training)
         keys = split_heads(tf.reshape(x, (-1, frames * height * width, channels)), self.num_heads)
         scores = tf.matmul(q, keys, transpose_b=True) * self.scale  # (B, h, M, N)
         scores = self.fq("scores", scores, training)
@@ -125,6 +133,7 @@ class Mobile2Former(QuantizableLayer):
             pooled = tf.nn.avg_pool2d(pooled, self.pool, self.pool, "VALID")
             height, width = pooled.shape[1], pooled.shape[2]
             x = tf.reshape(pooled, (-1, frames, height, width, channels))
+        x = self.fq("keys", x, training)  # after the pooling: requantizes the fewest values
         keys_per_frame = height * width
         keys = tf.reshape(x, (-1, frames, keys_per_frame, heads, depth))
         keys = tf.transpose(keys, (0, 3, 1, 2, 4))  # (B, h, T, S, d)
@@ -194,6 +203,7 @@ class Former2Mobile(QuantizableLayer):
     """
 
     quant_points = ("keys", "values", "scores", "attended")
+    symmetric_points = ("keys", "values")
 
     def __init__(self, num_heads: int = 2, **kwargs):
         super().__init__(**kwargs)
@@ -256,6 +266,7 @@ class Former(QuantizableLayer):
 
     quant_points = (
         "query",
+        "tokens",
         "scores",
         "attended",
         "projected",
@@ -264,6 +275,7 @@ class Former(QuantizableLayer):
         "ffn",
         "ffn_residual",
     )
+    symmetric_points = ("tokens",)  # the keys and values
 
     def __init__(self, num_heads: int = 4, ffn_expansion: int = 2, epsilon: float = 1e-5, **kwargs):
         super().__init__(**kwargs)
@@ -292,7 +304,7 @@ class Former(QuantizableLayer):
 
     def call(self, inputs, training=None):
         q = split_heads(self.fq("query", self.q(inputs), training), self.num_heads)
-        kv = split_heads(inputs, self.num_heads)
+        kv = split_heads(self.fq("tokens", inputs, training), self.num_heads)
         scores = self.fq("scores", tf.matmul(q, kv, transpose_b=True) * self.scale, training)
         attn = self.fq_softmax(tf.nn.softmax(scores, axis=-1))
         attended = self.fq("attended", merge_heads(tf.matmul(attn, kv)), training)

@@ -175,6 +175,11 @@ class PositionalGating(QuantizableLayer):
         raise NotImplementedError
 
     @property
+    def symmetric_points(self) -> tuple[str, ...]:
+        # u is the right-hand operand of the matmul form's mixing (constant matrices on the left)
+        return ("u",) if self.form == "matmul" else ()
+
+    @property
     def quant_points(self) -> tuple[str, ...]:
         points = ("u", "v", "mixed", "biased", "gated")
         if self.activation == "gelu":

@@ -68,6 +68,8 @@ class SpaceTimeMixingAttention(QuantizableLayer):
     """
 
     quant_points = ("qkv", "shifted", "summary", "scores", "attended")
+    # keys and values are right-hand matmul operands (the queries share the qkv range)
+    symmetric_points = ("qkv", "shifted", "summary")
 
     def __init__(
         self,
