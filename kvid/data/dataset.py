@@ -70,7 +70,7 @@ def encode_clip(
     images = example.feature_lists.feature_list[IMAGE_KEY]
     for jpeg in jpeg_frames:
         images.feature.add().bytes_list.value.append(jpeg)
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)
 
 
 def write_dataset_info(
