@@ -234,13 +234,15 @@ def transfer_weights(
     only_source = [name for name in source if name not in target]
     only_target = [name for name in target if name not in source]
     if only_source or only_target:
-        name = (only_source or only_target)[0]
-        side = "source" if only_source else "target"
-        other = "target" if only_source else "source"
+        side, other, names, layers = (
+            ("source", "target", only_source, source)
+            if only_source
+            else ("target", "source", only_target, target)
+        )
+        more = len(only_source) + len(only_target) - 1
         raise TransferError(
-            f"layer {name} ({type((source if only_source else target)[name][0]).__name__}) of "
-            f"the {side} model has no layer of that name in the {other} model"
-            + (f" ({len(only_source) + len(only_target) - 1} more)" if only_source else "")
+            f"layer {names[0]} ({type(layers[names[0]][0]).__name__}) of the {side} model has no "
+            f"layer of that name in the {other} model" + (f" ({more} more differ)" if more else "")
         )
     head = head_layer(target_model)
     source_head = head_layer(source_model)

@@ -419,3 +419,23 @@ def test_resuming_on_another_label_map_is_refused(tmp_path):
         "on another label map; use a new --workdir or the dataset it was trained on"
     )
     assert sorted(os.listdir(run_dir)) == [LABEL_MAP_JSON]  # nothing written
+
+
+def test_tables_the_papers_cannot_resize_are_errors_naming_the_layer():
+    """DualFormer's GP-MSA pooling kernels and the Edge TPU Mobile-Former bridges."""
+    from types import SimpleNamespace
+
+    from kvid.models.dualformer.transfer import refuse_pyramid_kernel
+    from kvid.models.mobile_former.transfer import refuse_frame_maps
+
+    pyramid = SimpleNamespace(
+        name="stage0_layer1_attn", fine_pyramid_size=(2, 4, 4), coarse_pyramid_size=None
+    )
+    with pytest.raises(transfer.TransferError, match=r"^layer stage0_layer1_attn: fine/conv.*"
+                       r"fine_pyramid_sizes"):  # fmt: skip
+        refuse_pyramid_kernel("fine/conv/depthwise_kernel", np.zeros((8, 4, 16, 1)), pyramid,
+                              pyramid, (16, 4, 16, 1))  # fmt: skip
+    source = SimpleNamespace(name="block1_m2f", num_frames=8)
+    target = SimpleNamespace(name="block1_m2f", num_frames=4)
+    with pytest.raises(transfer.TransferError, match=r"^layer block1_m2f: .*--num_frames=8"):
+        refuse_frame_maps("update/kernel", np.zeros((512, 384)), source, target, (256, 384))
