@@ -44,6 +44,8 @@ from kvid_training import prepare
 from kvid_training.inputs import Inputs
 from kvid_training.worker_pool import WorkerPool
 
+TOOL = "kvid_training.beam_prepare"
+
 # Beam warns at import about optional Google Cloud clients that a local run does not need.
 _root_level = logging.getLogger().level
 logging.getLogger().setLevel(logging.ERROR)
@@ -51,10 +53,10 @@ try:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.runner import PipelineState
+except ImportError as _error:  # the optional extra is not installed
+    sys.exit(f"{TOOL}: error: {_error}; install the beam extra: pip install 'kvid[beam]'")
 finally:
     logging.getLogger().setLevel(_root_level)
-
-TOOL = "kvid_training.beam_prepare"
 # --help and its spellings, handled by kvid.cli.
 _HELP_ARGS = ("--help", "-h", "-help", "--helpfull", "-helpfull", "-?")
 
