@@ -8,6 +8,7 @@ tensor. Parameter counts are compared with the numbers the repositories and pape
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -541,3 +542,13 @@ def test_posmlp_released_configuration_runs():
     x = np.random.default_rng(1).random((1, 16, 224, 224, 3), np.float32)
     logits = model(x, training=False).numpy()
     assert logits.shape == (1, 174) and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("family", GOLDEN_FAMILIES)
+def test_family_doc_lists_the_released_configurations(family):
+    text = (REPO_ROOT / "docs" / f"{family}.md").read_text()
+    section = text.split("## Released checkpoints", 1)[1].split("\n## ", 1)[0]
+    names = set(re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE))
+    if family == "posmlp":  # one configuration: named in the text, not in a table
+        names = set(re.findall(r"`(posmlp_video_\w+)`", section))
+    assert names == set(kvid.models.list_reference_configs(family))
