@@ -150,7 +150,7 @@ def _inflate_builder():
         from kvid.models.mobile_former import inflate
     except ImportError:
         raise ValueError("--inflate: not supported by this kvid") from None
-    for name in ("from_reference", "build_from_reference", "inflate_from_reference"):
+    for name in ("inflate_from_reference", "from_reference", "build_from_reference"):
         if callable(getattr(inflate, name, None)):
             return getattr(inflate, name)
     raise ValueError("--inflate: not supported by this kvid")
@@ -215,6 +215,8 @@ def port(
         )
     if inflate and family != "mobile_former":
         raise ValueError(f"--inflate: only for --family=mobile_former, not {family}")
+    if inflate and not num_frames:
+        raise ValueError("--inflate: give --num_frames, the frames of the video model's clips")
     if os.path.isdir(checkpoint):
         raise ValueError(f"--checkpoint={checkpoint} is a directory, not a checkpoint file")
     state_dict = checkpoints.read_checkpoint(checkpoint, family)

@@ -89,6 +89,26 @@ def _posmlp(reference, image_size, num_frames, mean, std):
     return "posmlp_reference", cfg, num_classes, ref.build
 
 
+def _inflated(reference, image_size, num_frames, mean, std, num_classes):
+    """A Video Mobile-Former inflated from an image reference (`"inflate": true`), with the
+    default (2+1)D layout of `kvid.models.mobile_former.inflate.inflate_from_reference`."""
+    from kvid.models.mobile_former.inflate import inflated_config
+    from kvid.models.mobile_former.model import build
+
+    if reference.get("family") != "mobile_former" or not num_frames:
+        raise ValueError(
+            "build_reference_model: an inflated reference is a mobile_former one with num_frames."
+        )
+    cfg, reference_classes = inflated_config(
+        reference,
+        int(num_frames),
+        image_size=None if image_size is None else int(image_size),
+        input_mean=mean,
+        input_std=std,
+    )
+    return build("mobile_former_inflated", cfg, num_classes or reference_classes)
+
+
 _FAMILIES = {
     "mobile_former": _mobile_former,
     "dualformer": _dualformer,
@@ -108,7 +128,8 @@ def build_reference_model(
     Args:
       reference: `{"family", "constructor"}` as `from_reference` takes it, optionally with
         `num_frames`, `image_size` and `normalization` ({"mean", "std"}) as a ported workdir's
-        `model.json` records them.
+        `model.json` records them; with `"inflate": true`, the Video Mobile-Former that
+        `kvid.models.mobile_former.inflate.inflate_from_reference` builds from an image reference.
       image_size, num_frames: the input (default: the reference's entries, else as
         `from_reference` resolves them).
       num_classes: classifier width (default: the reference classifier's). Another width gives
@@ -122,16 +143,15 @@ def build_reference_model(
         raise ValueError(
             f"build_reference_model: unsupported family {family!r}; supported: {sorted(_FAMILIES)}."
         )
-    if reference.get("inflate"):
-        raise ValueError(
-            "build_reference_model: an inflated reference is built by "
-            "kvid.models.mobile_former.inflate, not here."
-        )
     if image_size is None:
         image_size = reference.get("image_size")
-    if num_frames is None and family != "mobile_former":
+    if num_frames is None and (family != "mobile_former" or reference.get("inflate")):
         num_frames = reference.get("num_frames")
     mean, std = _normalization(reference)
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}.")
+    if reference.get("inflate"):
+        return _inflated(reference, image_size, num_frames, mean, std, num_classes)
     name, cfg, reference_classes, build = _FAMILIES[family](
         reference,
         None if image_size is None else int(image_size),
@@ -139,8 +159,6 @@ def build_reference_model(
         mean,
         std,
     )
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}.")
     return build(name, cfg, num_classes or reference_classes)
 
 

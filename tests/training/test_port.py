@@ -113,8 +113,17 @@ def test_ported_workdir_reproduces_the_golden_logits(golden_dir, tmp_path, famil
         logits = _float_export_logits(workdir, clip)
         assert np.abs(logits - arrays["logits"]).max() <= golden_tolerance(arrays["logits"])
     else:
-        _assert_golden_logits(workdir, golden_dir, family)
-    assert load_workdir(str(workdir)).reference["family"] == family
+        clip, logits = _assert_golden_logits(workdir, golden_dir, family)
+    reference = load_workdir(str(workdir)).reference
+    assert reference["family"] == family
+    assert bool(reference.get("inflate")) == (family == "mobile_former")
+
+    from kvid.models.reference_build import build_reference_model
+
+    model = build_reference_model(reference)
+    model.load_weights(str(workdir / "export" / "float.weights.h5"))
+    rebuilt = model(clip, training=False).numpy()
+    assert np.abs(rebuilt - logits).max() <= golden_tolerance(logits)
 
 
 def _assert_one_line_error(result, *words):
