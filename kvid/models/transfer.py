@@ -326,10 +326,20 @@ def _reference_fields(reference: Mapping[str, Any]) -> dict[str, Any]:
     family = reference.get("family")
     if family not in reference_build._FAMILIES:
         raise ValueError(f"unsupported reference family {family!r}")
-    if reference.get("inflate"):
-        raise ValueError("a reference inflated from an image checkpoint is not supported here")
     mean, std = reference_build._normalization(reference)
     image_size = reference.get("image_size")
+    if reference.get("inflate"):
+        # a Video Mobile-Former inflated from an image checkpoint (kvid-port --inflate)
+        from kvid.models.mobile_former.inflate import inflated_config
+
+        fields, _ = inflated_config(
+            reference,
+            int(reference["num_frames"]),
+            image_size=None if image_size is None else int(image_size),
+            input_mean=mean,
+            input_std=std,
+        )
+        return fields
     num_frames = None if family == "mobile_former" else reference.get("num_frames")
     _, fields, _, _ = reference_build._FAMILIES[family](
         reference,

@@ -274,7 +274,7 @@ def test_posmlp_temporal_tables_follow_the_frames(tmp_path):
             np.testing.assert_array_equal(value, before[path], err_msg=path)
 
 
-def write_ported(root: str, golden_dir, golden: str) -> tuple[dict, object]:
+def write_ported(root: str, golden_dir, golden: str, **extra) -> tuple[dict, object]:
     """A workdir as kvid-port writes it: model.json with the reference configuration of a
     golden file (its small reference model), random weights."""
     from kvid.models.reference_build import build_reference_model
@@ -285,6 +285,7 @@ def write_ported(root: str, golden_dir, golden: str) -> tuple[dict, object]:
         "family": golden_json["family"],
         "constructor": golden_json["constructor"],
         "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+        **extra,
     }
     model = build_reference_model(reference)
     _randomize(model)
@@ -328,6 +329,20 @@ def test_a_ported_xvit_fine_tunes_at_another_input(tmp_path, golden_dir):
     for path, value in after.items():
         if path not in ("embed/position_embedding", "embed/temporal_embedding", "logits/kernel",
                         "logits/bias"):  # fmt: skip
+            np.testing.assert_array_equal(value, before[path], err_msg=path)
+
+
+@pytest.mark.slow
+def test_an_inflated_mobile_former_fine_tunes_at_other_frames(tmp_path, golden_dir):
+    """An image checkpoint inflated to 8 frames (kvid-port --inflate), fine-tuned at 4."""
+    root = str(tmp_path / "inflated")
+    _, source_model = write_ported(root, golden_dir, "mobile_former", inflate=True, num_frames=8)
+    cfg, model = init_model(root, TINY_CLASSES, "--num_frames=4")
+    assert cfg.preset in kvid.models.list_presets("mobile_former") and cfg.num_frames == 4
+    before, after = weights_by_path(source_model), weights_by_path(model)
+    assert after.keys() == before.keys()
+    for path, value in after.items():
+        if not path.startswith("logits/"):
             np.testing.assert_array_equal(value, before[path], err_msg=path)
 
 
