@@ -144,16 +144,15 @@ def load_reference(config: str, family: str) -> tuple[dict[str, Any], str]:
 
 
 def _inflate_builder():
-    """The Video Mobile-Former builder of `kvid.models.mobile_former.inflate`, if this kvid has
-    one: `(reference, state_dict, image_size=, num_frames=, input_mean=, input_std=) -> model`."""
+    """`kvid.models.mobile_former.inflate.inflate_from_reference`, if this kvid has it:
+    `(reference, state_dict, num_frames=, image_size=, input_mean=, input_std=) -> model`."""
     try:
         from kvid.models.mobile_former import inflate
     except ImportError:
         raise ValueError("--inflate: not supported by this kvid") from None
-    for name in ("inflate_from_reference", "from_reference", "build_from_reference"):
-        if callable(getattr(inflate, name, None)):
-            return getattr(inflate, name)
-    raise ValueError("--inflate: not supported by this kvid")
+    if not callable(getattr(inflate, "inflate_from_reference", None)):
+        raise ValueError("--inflate: not supported by this kvid")
+    return inflate.inflate_from_reference
 
 
 def build_model(reference, state_dict, where: str, checkpoint: str, *, inflate: bool, **inputs):
@@ -169,13 +168,8 @@ def build_model(reference, state_dict, where: str, checkpoint: str, *, inflate: 
             f"--checkpoint={checkpoint} does not fit {where}: the model needs a tensor the "
             f"checkpoint lacks ({name})"
         ) from None
-    except ValueError as error:
-        text = str(error)
-        if "were not loaded" in text:
-            raise ValueError(
-                f"--checkpoint={checkpoint} does not fit {where}: {text} (unused tensors)"
-            ) from None
-        raise ValueError(f"--checkpoint={checkpoint} does not fit {where}: {text}") from None
+    except ValueError as error:  # unused tensors (named), a shape or an option that differs
+        raise ValueError(f"--checkpoint={checkpoint} does not fit {where}: {error}") from None
 
 
 def port(
