@@ -165,9 +165,7 @@ def mean_head(features, cfg: dict, num_classes: int):
     x = keras.layers.GlobalAveragePooling1D(name="pooled")(features)
     if cfg["dropout_rate"] > 0:
         x = keras.layers.Dropout(cfg["dropout_rate"], name="head_dropout")(x)
-        return keras.layers.Dense(num_classes, name="logits", kernel_initializer=vit_initializer())(
-            x
-        )
+    return keras.layers.Dense(num_classes, name="logits", kernel_initializer=vit_initializer())(x)
 
 
 def input_shape(cfg: dict) -> tuple[int, ...]:

@@ -308,6 +308,11 @@ def test_xvit_tiny_is_one_flat_graph_without_gather_roll_or_conv3d():
 def test_head_variants_and_summary_tokens_build():
     mean = kvid.models.create("xvit_tiny", num_classes=3, num_frames=4, head="mean")
     assert "head_cls" not in [layer.name for layer in mean.layers]
+    for dropout_rate in (0.0, 0.5):  # the mean head has its classifier with and without dropout
+        head = kvid.models.create(
+            "xvit_tiny", num_classes=3, num_frames=4, head="mean", dropout_rate=dropout_rate
+        )
+        assert head.output_shape == (None, 3)
     summary = kvid.models.create("xvit_tiny", num_classes=3, num_frames=4, summary_tokens=True)
     plain = kvid.models.create("xvit_tiny", num_classes=3, num_frames=4)
     assert kvid.profile.count_params(summary) == kvid.profile.count_params(plain)
