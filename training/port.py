@@ -192,13 +192,17 @@ def port(
     Raises:
       ValueError, OSError: bad input, named in the message (one line).
     """
-    from kvid.models import checkpoints
-
+    # What needs no TensorFlow is checked before it loads (kvid.models imports it).
     if os.path.exists(os.path.join(workdir, "model.json")):
         raise ValueError(f"--workdir={workdir} already holds a model.json; give a new folder")
     if os.path.isfile(workdir):
         raise ValueError(f"--workdir={workdir} is a file")
+    if os.path.isdir(checkpoint):
+        raise ValueError(f"--checkpoint={checkpoint} is a directory, not a checkpoint file")
+    if not os.path.exists(checkpoint):
+        raise ValueError(f"--checkpoint={checkpoint} does not exist")
     import kvid.models
+    from kvid.models import checkpoints
 
     if family not in kvid.models.list_families():
         raise ValueError(f"--family={family}: not one of {', '.join(kvid.models.list_families())}")
@@ -211,8 +215,6 @@ def port(
         raise ValueError(f"--inflate: only for --family=mobile_former, not {family}")
     if inflate and not num_frames:
         raise ValueError("--inflate: give --num_frames, the frames of the video model's clips")
-    if os.path.isdir(checkpoint):
-        raise ValueError(f"--checkpoint={checkpoint} is a directory, not a checkpoint file")
     state_dict = checkpoints.read_checkpoint(checkpoint, family)
     reference, where = load_reference(config, family)
     if inflate:
