@@ -146,14 +146,14 @@ def convert_keras_model(
     mode: str = "int8",
     representative: ClipSource | None = None,
     input_layout: str = "clip",
-    symmetric_rhs: bool = True,
+    symmetric_rhs: bool = False,
 ) -> bytes:
     """Converts an in-memory Keras model (float or QAT) to `.tflite` bytes at static batch 1.
 
     The same conversion as `kvid-convert` (signature `serving_default`, input `video`, output
     `logits`; int8 I/O for "int8"; `input_layout` as there), for a model not exported yet.
-    `symmetric_rhs=False` skips `symmetric_batch_matmul_operands` (to see the converter's own
-    int8 graph).
+    `symmetric_rhs=True` applies `symmetric_batch_matmul_operands` to an int8 model, as
+    `kvid-convert` and `kvid-benchmark` do; by default the converter's own int8 graph is returned.
     """
     import tensorflow as tf
 

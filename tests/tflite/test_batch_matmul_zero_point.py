@@ -102,9 +102,9 @@ def test_attention_layers_batch_matmuls_run_in_xnnpack(layers_model, path):
     model, clips = layers_model
     if path == "qat":
         model = kvid.quantization.calibrate(kvid.quantization.quantize_model(model), clips)
-        content = convert_keras_model(model, "int8", lambda: clips, symmetric_rhs=False)
-    else:
         content = convert_keras_model(model, "int8", lambda: clips)
+    else:
+        content = convert_keras_model(model, "int8", lambda: clips, symmetric_rhs=True)
     layers = {m["layer"].removeprefix("quant_") for m in benchmark.batch_matmuls(content)}
     assert layers == set(LAYERS)
     _check_xnnpack_takes_every_batch_matmul(content, model, clips)
@@ -138,9 +138,9 @@ def converted():
             if path == "qat":
                 model = kvid.quantization.calibrate(kvid.quantization.quantize_model(model), clips)
                 # the converter alone: no requantization after it
-                content = convert_keras_model(model, "int8", lambda: clips, symmetric_rhs=False)
-            else:
                 content = convert_keras_model(model, "int8", lambda: clips)
+            else:
+                content = convert_keras_model(model, "int8", lambda: clips, symmetric_rhs=True)
             cache[name, path] = (content, model, clips)
         return cache[name, path]
 
@@ -165,7 +165,7 @@ def test_requantized_operand_keeps_the_values():
     model = keras.Model(inputs, logits)
     rng = np.random.default_rng(0)
     calibration = [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(8)]
-    raw = convert_keras_model(model, "int8", lambda: calibration, symmetric_rhs=False)
+    raw = convert_keras_model(model, "int8", lambda: calibration)
     (before,) = benchmark.asymmetric_batch_matmuls(raw)
     assert before["zero_point"] == -128
     fixed, records = symmetric_batch_matmul_operands(raw)
