@@ -552,3 +552,20 @@ def test_family_doc_lists_the_released_configurations(family):
     if family == "posmlp":  # one configuration: named in the text, not in a table
         names = set(re.findall(r"`(posmlp_video_\w+)`", section))
     assert names == set(kvid.models.list_reference_configs(family))
+
+
+@pytest.mark.slow
+def test_released_mobile_former_inflates_to_video():
+    """A released configuration with its normalization, inflated: a still clip gives the image
+    model's logits (tests/kvid/models/mobile_former/test_inflate.py has the details)."""
+    from kvid.models.mobile_former.inflate import inflate_from_reference
+
+    reference, spec, image = _build("mobile_former_151m_in1k", image_size=96)
+    norm = reference["normalization"]
+    video = inflate_from_reference(
+        reference, random_state_dict(spec), 4, 96, norm["mean"], norm["std"], time_halved_at=3
+    )
+    x = np.random.default_rng(1).random((2, 96, 96, 3), np.float32)
+    expected = image(x, training=False).numpy()
+    logits = video(np.repeat(x[:, None], 4, axis=1), training=False).numpy()
+    assert np.abs(logits - expected).max() <= 2e-5 * max(1.0, np.abs(expected).max())
