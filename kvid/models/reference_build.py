@@ -162,4 +162,35 @@ def build_reference_model(
     return build(name, cfg, num_classes or reference_classes)
 
 
-__all__ = ["build_reference_model"]
+def reference_fields(reference: Mapping[str, Any]) -> dict[str, Any]:
+    """The kvid fields (`kvid.models.create` overrides of the family's model) of a reference
+    configuration at its recorded input; an inflated reference gives the Video Mobile-Former's."""
+    family = reference.get("family")
+    if family not in _FAMILIES:
+        raise ValueError(f"unsupported reference family {family!r}")
+    mean, std = _normalization(reference)
+    image_size = reference.get("image_size")
+    if reference.get("inflate"):
+        # a Video Mobile-Former inflated from an image checkpoint (kvid-port --inflate)
+        from kvid.models.mobile_former.inflate import inflated_config
+
+        fields, _ = inflated_config(
+            reference,
+            int(reference["num_frames"]),
+            image_size=None if image_size is None else int(image_size),
+            input_mean=mean,
+            input_std=std,
+        )
+        return fields
+    num_frames = None if family == "mobile_former" else reference.get("num_frames")
+    _, fields, _, _ = _FAMILIES[family](
+        reference,
+        None if image_size is None else int(image_size),
+        None if num_frames is None else int(num_frames),
+        mean,
+        std,
+    )
+    return fields
+
+
+__all__ = ["build_reference_model", "reference_fields"]

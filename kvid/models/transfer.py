@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from kvid.backend import keras
+from kvid.models import reference_build
 
 # A hook resizes one weight: (weight name inside the layer, source value, source layer, target
 # layer, target shape) -> the value for the target. It raises TransferError when it cannot.
@@ -319,38 +320,6 @@ def workdir_overrides(workdir) -> dict[str, Any]:
     return {key: _tuples(value) for key, value in (workdir.raw.get("overrides") or {}).items()}
 
 
-def _reference_fields(reference: Mapping[str, Any]) -> dict[str, Any]:
-    """The kvid fields of a reference configuration at its recorded input (`reference_build`)."""
-    from kvid.models import reference_build
-
-    family = reference.get("family")
-    if family not in reference_build._FAMILIES:
-        raise ValueError(f"unsupported reference family {family!r}")
-    mean, std = reference_build._normalization(reference)
-    image_size = reference.get("image_size")
-    if reference.get("inflate"):
-        # a Video Mobile-Former inflated from an image checkpoint (kvid-port --inflate)
-        from kvid.models.mobile_former.inflate import inflated_config
-
-        fields, _ = inflated_config(
-            reference,
-            int(reference["num_frames"]),
-            image_size=None if image_size is None else int(image_size),
-            input_mean=mean,
-            input_std=std,
-        )
-        return fields
-    num_frames = None if family == "mobile_former" else reference.get("num_frames")
-    _, fields, _, _ = reference_build._FAMILIES[family](
-        reference,
-        None if image_size is None else int(image_size),
-        None if num_frames is None else int(num_frames),
-        mean,
-        std,
-    )
-    return fields
-
-
 def workdir_architecture(workdir) -> tuple[str, dict[str, Any]]:
     """`(preset, overrides)` that `kvid.models.create` builds a workdir's architecture from.
 
@@ -373,7 +342,8 @@ def workdir_architecture(workdir) -> tuple[str, dict[str, Any]]:
         return workdir.preset, workdir_overrides(workdir)
     try:
         fields = {
-            key: _tuples(value) for key, value in _reference_fields(workdir.reference).items()
+            key: _tuples(value)
+            for key, value in reference_build.reference_fields(workdir.reference).items()
         }
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(
