@@ -4,7 +4,9 @@ One entry point, `quantize_model(model)`, returns the QAT model of any kvid pres
 
 1. every kvid layer is rebuilt with `quantized=True`, which inserts its own fake-quant nodes at the
    points where int8 TFLite requantizes inside it (matmul outputs, softmax outputs, adds) and
-   freezes its batch-norm statistics;
+   freezes its batch-norm statistics; the points that feed the right-hand operand of a matmul of
+   two activations are symmetric (int8 zero point 0, the only one XNNPACK takes there, see
+   `kvid.layers.base`);
 2. every layer is annotated with a kvid `QuantizeConfig` (TFMOT has none for custom layers, and its
    built-in configs would initialise output ranges at +-6 and move them slowly);
 3. `tfmot.quantization.keras.quantize_apply` wraps the layers, adding output fake-quants.

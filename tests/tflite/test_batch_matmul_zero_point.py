@@ -2,9 +2,10 @@
 
 XNNPACK takes an int8 BATCH_MATMUL of two activations only when the right-hand operand's zero
 point is 0 (LiteRT's `xnnpack_delegate.cc`); any other is left to the builtin reference kernel.
-A model goes to int8 the two ways users take: its QAT model through the converter alone (the
-symmetric fake quants must do it), and post-training quantization through `convert_keras_model`
-(the converter's calibration, then `symmetric_batch_matmul_operands`).
+A model goes to int8 the two ways users take: "qat", its QAT model (ranges calibrated) through the
+converter alone (the symmetric fake quants must do it), and "ptq", the converter's calibration
+then `symmetric_batch_matmul_operands`. The int8 logits must stay within cosine 0.99 of the Keras
+model converted.
 
 Default tier: one small model holding every kvid layer with a matmul of two activations (the
 bridges and the Former of Video Mobile-Former in both formulations, DualFormer's window and
@@ -100,14 +101,19 @@ def layers_model():
 @pytest.mark.parametrize("path", ["qat", "ptq"])
 def test_attention_layers_batch_matmuls_run_in_xnnpack(layers_model, path):
     model, clips = layers_model
-    if path == "qat":
-        model = kvid.quantization.calibrate(kvid.quantization.quantize_model(model), clips)
-        content = convert_keras_model(model, "int8", lambda: clips)
-    else:
-        content = convert_keras_model(model, "int8", lambda: clips, symmetric_rhs=True)
+    content, model = _convert(model, clips, path)
     layers = {m["layer"].removeprefix("quant_") for m in benchmark.batch_matmuls(content)}
     assert layers == set(LAYERS)
     _check_xnnpack_takes_every_batch_matmul(content, model, clips)
+
+
+def _convert(model, clips, path: str):
+    """The int8 model and the Keras model its logits must follow."""
+    if path == "ptq":
+        return convert_keras_model(model, "int8", lambda: clips, symmetric_rhs=True), model
+    # the converter alone: the fake quants must give every right-hand operand zero point 0
+    qat = kvid.quantization.calibrate(kvid.quantization.quantize_model(model), clips)
+    return convert_keras_model(qat, "int8", lambda: clips), qat
 
 
 def _check_xnnpack_takes_every_batch_matmul(content, model, clips) -> None:
@@ -128,20 +134,14 @@ def _check_xnnpack_takes_every_batch_matmul(content, model, clips) -> None:
 
 @pytest.fixture(scope="module")
 def converted():
-    """(preset, path) -> (tflite bytes, Keras model it should follow, clips); built once."""
+    """(preset, path) -> (tflite bytes, Keras model converted, clips); each converted once."""
     cache = {}
 
     def get(name: str, path: str):
         if (name, path) not in cache:
             model = kvid.models.create(name, num_classes=5, **SMALL[name])
             clips = smooth_clips(model.input_shape[1:], 3, seed=1)
-            if path == "qat":
-                model = kvid.quantization.calibrate(kvid.quantization.quantize_model(model), clips)
-                # the converter alone: no requantization after it
-                content = convert_keras_model(model, "int8", lambda: clips)
-            else:
-                content = convert_keras_model(model, "int8", lambda: clips, symmetric_rhs=True)
-            cache[name, path] = (content, model, clips)
+            cache[name, path] = (*_convert(model, clips, path), clips)
         return cache[name, path]
 
     return get
