@@ -28,6 +28,8 @@ compiler that refuses the model makes the command exit 1.
 
 `--int8` exits 1 with one line naming the first float op when the graph is not fully int8 with
 int8 I/O (docs/design.md section 3). The files are still written so that the audit can be read.
+Every int8 BATCH_MATMUL of two activations gets a right-hand operand with zero point 0, the only
+one XNNPACK takes (`symmetric_batch_matmul_operands`; docs/deploy.md).
 """
 
 from __future__ import annotations
