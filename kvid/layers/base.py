@@ -78,6 +78,9 @@ def fake_quant_with_range(
         decay = RANGE_EMA_DECAY * init  # 0 on the first batch: take the batch range as is
         new_min = decay * variables["min"] + (1.0 - decay) * batch_min
         new_max = decay * variables["max"] + (1.0 - decay) * batch_max
+        if symmetric:  # symmetric at once even from a stored range that is not (older weights)
+            new_max = tf.maximum(new_max, -new_min)
+            new_min = -new_max
         updates = [
             variables["min"].assign(new_min),
             variables["max"].assign(new_max),
@@ -87,8 +90,8 @@ def fake_quant_with_range(
             return tf.quantization.fake_quant_with_min_max_vars(
                 x, new_min, new_max, num_bits=8, narrow_range=symmetric
             )
-    # A symmetric point's variables hold -m and m exactly (negation commutes with the EMA), and
-    # are read as they are: the converter takes the fake quant's range only from constants.
+    # A symmetric point's variables hold -m and m exactly after any training step, and are read
+    # as they are: the converter takes the fake quant's range only from constants.
     return tf.quantization.fake_quant_with_min_max_vars(
         x, variables["min"], variables["max"], num_bits=8, narrow_range=symmetric
     )

@@ -31,6 +31,11 @@ def test_symmetric_range_is_minus_m_to_m_with_zero_exact():
     fake_quant_with_range(-3.0 * x, variables, training=True, symmetric=True)
     assert float(variables["min"].numpy()) == -float(variables["max"].numpy())
     assert float(variables["max"].numpy()) == pytest.approx(0.99 * 2.0 + 0.01 * 6.0)
+    # a range stored asymmetric (weights from before the point was symmetric) is symmetric
+    # after one step
+    variables["min"].assign(-0.5)
+    fake_quant_with_range(x, variables, training=True, symmetric=True)
+    assert float(variables["min"].numpy()) == -float(variables["max"].numpy())
     # inference reads the stored range as it is
     again = fake_quant_with_range(x, variables, training=False, symmetric=True).numpy()
     assert np.abs(again - x.numpy()).max() <= float(variables["max"].numpy()) / 127
