@@ -93,6 +93,7 @@ def attention_layers_model() -> keras.Model:
 
 @pytest.fixture(scope="module")
 def layers_model():
+    keras.utils.set_random_seed(0)  # random weights, the same in every run
     model = attention_layers_model()
     clips = smooth_clips(model.input_shape[1:], 3, seed=1)
     return model, clips
@@ -140,6 +141,7 @@ def converted():
 
     def get(name: str, path: str):
         if (name, path) not in cache:
+            keras.utils.set_random_seed(0)
             model = kvid.models.create(name, num_classes=5, **SMALL[name])
             clips = smooth_clips(model.input_shape[1:], 3, seed=1)
             cache[name, path] = (*_convert(model, clips, path), clips)
