@@ -120,7 +120,7 @@ def vmf_source(tmp_path_factory) -> tuple[str, dict]:
 
 def test_other_classes_get_a_new_head_and_every_other_weight(vmf_source, caplog):
     source_dir, source_weights = vmf_source
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="absl")
     cfg, model = init_model(source_dir, TINY_CLASSES)
     assert cfg.preset == "vmf_tiny" and cfg.init_from == source_dir
     assert cfg.model_kwargs["token_dim"] == 32 and cfg.num_frames == 4  # the source's model
@@ -139,7 +139,7 @@ def test_other_classes_get_a_new_head_and_every_other_weight(vmf_source, caplog)
 
 def test_same_label_map_keeps_the_head(vmf_source, caplog):
     source_dir, source_weights = vmf_source
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="absl")
     _, model = init_model(source_dir, SOURCE_LABELS)
     weights = weights_by_path(model)
     for path, value in weights.items():
@@ -149,7 +149,7 @@ def test_same_label_map_keeps_the_head(vmf_source, caplog):
 
 def test_a_permuted_label_map_gets_a_new_head(vmf_source, caplog):
     source_dir, source_weights = vmf_source
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="absl")
     _, model = init_model(source_dir, SOURCE_LABELS[::-1])
     kernel = model.get_layer("logits").kernel.numpy()
     assert kernel.shape == source_weights["logits/kernel"].shape
