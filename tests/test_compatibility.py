@@ -22,6 +22,9 @@ from kvid_training import loop, optimization
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "workdirs_0.1"
 FAMILIES = ["mobile_former", "dualformer", "xvit", "posmlp"]
 TOLERANCE = 1e-5
+# Requantization points added since 0.1 (zero-point-0 right-hand operands of the bridge's
+# matmuls): their QAT weights do not fit, and their checkpoints resume without those ranges.
+NEW_RANGE_POINTS = {"mobile_former": {"m2f/fq_keys", "former/fq_tokens"}}
 
 
 def _rebuild(path: pathlib.Path):
@@ -50,6 +53,10 @@ def test_weights_written_by_kvid_0_1_give_the_same_logits(family):
     )
     if "qat_logits" in expected:
         qat = kvid.quantization.quantize_model(model)
+        if family in NEW_RANGE_POINTS:  # re-run QAT from the float weights instead
+            with pytest.raises(ValueError, match="m2f"):
+                qat.load_weights(str(path / "export" / "qat.weights.h5"))
+            return
         qat.load_weights(str(path / "export" / "qat.weights.h5"))
         np.testing.assert_allclose(
             qat(clip, training=False).numpy(), expected["qat_logits"], atol=TOLERANCE, rtol=0
@@ -81,6 +88,21 @@ def test_checkpoints_written_by_kvid_0_1_resume(family):
         )
         assert manager.latest_checkpoint, phase
         assert int(optimizer.iterations) == steps and int(epoch) >= 1
+        if phase == "qat" and family in NEW_RANGE_POINTS:
+            # The new points are the only ranges left unset; one training step sets them, and
+            # the model then tracks 0.1's logits within int8 rounding.
+            unset = {
+                v.name.rsplit("_", 1)[0]
+                for v in phase_model.variables
+                if v.name.endswith("_initialized:0") and float(v.numpy()) == 0.0
+            }
+            assert unset and all(
+                any(point in name for point in NEW_RANGE_POINTS[family]) for name in unset
+            ), unset
+            phase_model(clip, training=True)
+            logits = phase_model(clip, training=False).numpy()
+            np.testing.assert_allclose(logits, expected["qat_logits"], atol=0.05, rtol=0)
+            continue
         np.testing.assert_allclose(
             phase_model(clip, training=False).numpy(),
             expected[f"{phase}_logits"],

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import glob
 import os
+import re
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -21,6 +22,9 @@ from absl import logging
 import kvid
 from kvid.data import dataset, pipeline
 from kvid_training import callbacks, config, distribute, optimization, workdir
+
+# The range variables of a kvid layer's internal requantization point (kvid.layers.base).
+_RANGE_VARIABLE = re.compile(r"(^|/)fq_\w+_(min|max|initialized):0$")
 
 
 def input_config(cfg: config.TrainConfig, *, training: bool, seed: int) -> pipeline.InputConfig:
@@ -64,6 +68,31 @@ def _unreadable(path: str) -> str | None:
     except (tf.errors.OpError, ValueError, IndexError) as error:
         return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
     return None
+
+
+def _restore(checkpoint: tf.train.Checkpoint, path: str, model: keras.Model) -> None:
+    """Restores every object of `checkpoint` from `path`.
+
+    The only objects a checkpoint may lack are activation ranges of requantization points that
+    a newer kvid added to a layer (e.g. the symmetric operands of the Mobile-Former bridge): they
+    stay uninitialised, so the next QAT training step sets them from its batch, and one warning
+    names them. Anything else missing is an error.
+    """
+    status = checkpoint.restore(path)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:
+        restore_uid = status._checkpoint.restore_uid  # what the assertion itself compares
+        missing = [v.name for v in model.variables if v._update_uid < restore_uid]
+        if not missing or not all(_RANGE_VARIABLE.search(name) for name in missing):
+            raise
+        logging.warning(
+            "%s holds no value for %d activation range variables (%s): they are set by the next "
+            "QAT training step",
+            path,
+            len(missing),
+            ", ".join(missing),
+        )
 
 
 def phase_checkpoint(
@@ -128,7 +157,7 @@ def phase_checkpoint(
                 )
     if chosen is None:
         return checkpoint, manager, epoch
-    checkpoint.restore(chosen).assert_existing_objects_matched()
+    _restore(checkpoint, chosen, model)
     if chosen != manager.latest_checkpoint:
         # The state file forgets the newer checkpoints, so the manager (recreated from it)
         # continues from the restored one and its next saves replace them.

@@ -584,7 +584,10 @@ def test_exports_serve_video_to_logits_and_match_the_weights(smoke_run):
         if phase == "qat":
             model = kvid.quantization.quantize_model(model)
         model.load_weights(str(smoke_run / "export" / f"{phase}.weights.h5"))
-        np.testing.assert_allclose(model(video, training=False).numpy(), served, atol=1e-5)
+        # As a graph, as served: eager and graph float rounding may differ by one int8 step of a
+        # QAT fake quant, and so move a logit by that step.
+        rebuilt = tf.function(lambda clip: model(clip, training=False))  # noqa: B023
+        np.testing.assert_allclose(rebuilt(tf.constant(video)).numpy(), served, atol=1e-5)
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = RUN_TIMEOUT) -> None:
