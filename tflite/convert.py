@@ -148,14 +148,15 @@ def convert_keras_model(
     mode: str = "int8",
     representative: ClipSource | None = None,
     input_layout: str = "clip",
-    symmetric_rhs: bool = False,
+    symmetric_rhs: bool = True,
 ) -> bytes:
     """Converts an in-memory Keras model (float or QAT) to `.tflite` bytes at static batch 1.
 
     The same conversion as `kvid-convert` (signature `serving_default`, input `video`, output
     `logits`; int8 I/O for "int8"; `input_layout` as there), for a model not exported yet.
-    `symmetric_rhs=True` applies `symmetric_batch_matmul_operands` to an int8 model, as
-    `kvid-convert` and `kvid-benchmark` do; by default the converter's own int8 graph is returned.
+    An int8 model gets `symmetric_batch_matmul_operands`, as in `kvid-convert` (zero point 0 on
+    every right-hand operand of a matmul of two activations); `symmetric_rhs=False` returns the
+    converter's own int8 graph.
     """
     import tensorflow as tf
 
