@@ -29,6 +29,7 @@ import numpy as np
 
 import kvid
 from kvid.backend import keras
+from kvid_tflite import benchmark
 from kvid_tflite.audit import audit_model, int8_problems
 from kvid_tflite.litert import TFLiteModel
 
@@ -79,36 +80,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def movinet_builders(num_classes: int) -> tuple[dict[str, Callable[[], keras.Model]], str | None]:
     """Builders of the MoViNet-A0 (2+1)D rows, or ({}, the reason they are skipped)."""
     try:
-        from official.projects.movinet.modeling import movinet, movinet_model
+        import official.projects.movinet.modeling  # noqa: F401
     except Exception as error:  # noqa: BLE001 - any import failure means "no MoViNet row"
         return {}, f"official.projects.movinet is not importable ({type(error).__name__}: {error})"
 
     def build(frames: int, size: int, activation: str, gating: str) -> keras.Model:
-        # The deployable form of tools/export_saved_model.py: base (non-causal, stream-free),
-        # (2+1)D convs as Conv2D on reshaped views, 3D squeeze-excitation.
-        shape = (1, frames, size, size, 3)
-        spec = keras.layers.InputSpec(shape=shape)
-        backbone = movinet.Movinet(
-            model_id="a0",
-            causal=False,
-            conv_type="2plus1d",
-            se_type="3d",
-            input_specs=spec,
-            activation=activation,
-            gating_activation=gating,
-            use_sync_bn=False,
-            use_external_states=False,
-        )
-        classifier = movinet_model.MovinetClassifier(
-            backbone,
-            num_classes=num_classes,
-            output_states=False,
-            input_specs=dict(image=spec),
-            activation=activation,
-        )
-        # One flat input so the model converts and profiles like a kvid model.
-        inputs = keras.Input(shape[1:], batch_size=1, name="image")
-        return keras.Model(inputs, classifier(inputs), name=f"movinet_a0_{size}")
+        # the deployable form kvid-benchmark compares with (kvid_tflite.benchmark)
+        return benchmark.movinet_a0_model(frames, size, size, num_classes, activation, gating)
 
     builders = {
         f"movinet_a0{suffix}@{t}x{s}x{s}": (lambda t=t, s=s, a=a, g=g: build(t, s, a, g))

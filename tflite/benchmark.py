@@ -18,6 +18,12 @@ process and with the models timed in turn at each thread count:
   `tflite/delegates/xnnpack/xnnpack_delegate.cc`); the builtin kernel that runs it instead is the
   reference one.
 
+With `--movinet` (the default), MoViNet-A0 joins the run at the clip input of every model that
+takes clips: Model Garden's deployable base form ((2+1)D convs, non-causal, stream-free) with
+ReLU and sigmoid gating, random weights, converted and timed exactly as the presets, interleaved
+with them. It needs `official.projects.movinet` (tf-models-official, in a side environment:
+benchmarks/README.md); without it the report says why the rows are missing.
+
 Writes `NAME.md`, `NAME.json` and `NAME.png` (latency at the first thread count vs GMACs) to
 `--output_dir`. Times depend on the machine and its load: the JSON records the CPU, the load
 average before and after, and the library versions; compare models within one run.
@@ -210,19 +216,12 @@ def gmacs(tflite_bytes: bytes) -> float:
 # ------------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------------
-def preset_tflite(
-    name: str,
-    num_classes: int = 400,
-    calibration_clips: int = 4,
-    overrides: dict[str, Any] | None = None,
-) -> bytes:
-    """A preset with random weights, converted to int8 by post-training quantization on smooth
-    random clips (speed only: the weights are not trained), with every BATCH_MATMUL's right-hand
-    operand at zero point 0 as `kvid-convert` writes it."""
-    import kvid.models
+def random_weights_tflite(model: Any, calibration_clips: int = 4) -> bytes:
+    """A Keras model converted to int8 by post-training quantization on smooth random clips
+    (speed only: the weights are not trained), with every BATCH_MATMUL's right-hand operand at
+    zero point 0 as `kvid-convert` writes it."""
     from kvid_tflite.convert import convert_keras_model
 
-    model = kvid.models.create(name, num_classes=num_classes, **(overrides or {}))
     shape = model.input_shape[1:]
     rng = np.random.default_rng(0)
     clips = []
@@ -231,6 +230,85 @@ def preset_tflite(
         repeats = (1, math.ceil(shape[1] / 4), math.ceil(shape[2] / 4), 1)
         clips.append(np.tile(coarse, repeats)[None, :, : shape[1], : shape[2]].astype(np.float32))
     return convert_keras_model(model, "int8", lambda: clips, symmetric_rhs=True)
+
+
+def preset_tflite(
+    name: str,
+    num_classes: int = 400,
+    calibration_clips: int = 4,
+    overrides: dict[str, Any] | None = None,
+) -> bytes:
+    """A preset with random weights, converted by `random_weights_tflite`."""
+    import kvid.models
+
+    model = kvid.models.create(name, num_classes=num_classes, **(overrides or {}))
+    return random_weights_tflite(model, calibration_clips)
+
+
+def movinet_a0_model(
+    frames: int,
+    height: int,
+    width: int,
+    num_classes: int = 400,
+    activation: str = "relu",
+    gating_activation: str = "sigmoid",
+) -> Any:
+    """MoViNet-A0 in Model Garden's deployable base form (non-causal, stream-free, (2+1)D convs
+    as Conv2D on reshaped views, 3D squeeze-excitation), one flat `(1, T, H, W, 3)` input.
+
+    Raises ImportError when `official.projects.movinet` (tf-models-official) is not importable.
+    """
+    import tf_keras as keras
+    from official.projects.movinet.modeling import movinet, movinet_model
+
+    shape = (1, frames, height, width, 3)
+    spec = keras.layers.InputSpec(shape=shape)
+    backbone = movinet.Movinet(
+        model_id="a0",
+        causal=False,
+        conv_type="2plus1d",
+        se_type="3d",
+        input_specs=spec,
+        activation=activation,
+        gating_activation=gating_activation,
+        use_sync_bn=False,
+        use_external_states=False,
+    )
+    classifier = movinet_model.MovinetClassifier(
+        backbone,
+        num_classes=num_classes,
+        output_states=False,
+        input_specs=dict(image=spec),
+        activation=activation,
+    )
+    inputs = keras.Input(shape[1:], batch_size=1, name="image")
+    return keras.Model(inputs, classifier(inputs), name=f"movinet_a0_{frames}x{height}x{width}")
+
+
+def clip_input(tflite_bytes: bytes) -> tuple[int, int, int] | None:
+    """`(T, H, W)` of a model whose input is one `(1, T, H, W, 3)` clip, else None."""
+    details = TFLiteModel(tflite_bytes, num_threads=1).input_details
+    shape = [int(d) for d in details["shape"]]
+    if len(shape) == 5 and shape[0] == 1 and shape[-1] == 3:
+        return shape[1], shape[2], shape[3]
+    return None
+
+
+def movinet_rows(
+    models: dict[str, bytes], num_classes: int = 400
+) -> tuple[dict[str, bytes], str | None]:
+    """MoViNet-A0 (ReLU) at the clip input of each model, or ({}, why there are none)."""
+    inputs = sorted({shape for shape in map(clip_input, models.values()) if shape})
+    if not inputs:
+        return {}, "no model takes a (1, T, H, W, 3) clip"
+    rows = {}
+    for frames, height, width in inputs:
+        try:
+            model = movinet_a0_model(frames, height, width, num_classes)
+        except ImportError as error:
+            return {}, f"official.projects.movinet is not importable ({error})"
+        rows[f"movinet_a0_relu@{frames}x{height}x{width}"] = random_weights_tflite(model)
+    return rows, None
 
 
 def load_model(source: str, **preset_options: Any) -> bytes:
@@ -325,6 +403,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"- BATCH_MATMUL op {refusal['op']} ({refusal['layer']}): {refusal['reason']}"
             )
+    if report.get("notes"):
+        lines += [""] + report["notes"]
     return "\n".join(lines) + "\n"
 
 
@@ -383,6 +463,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
         "num_frames", None, "Frames of presets built here (default: theirs).", **fv
     )
     flags.DEFINE_integer("image_size", None, "Frame size of presets built here.", **fv)
+    flags.DEFINE_bool(
+        "movinet",
+        True,
+        "Add MoViNet-A0 (ReLU) rows at each model's clip input (needs tf-models-official).",
+        **fv,
+    )
     return sorted(set(flag_values) - before)
 
 
@@ -409,7 +495,14 @@ def benchmark_from_flags(values: flags.FlagValues, sources: Sequence[str]) -> in
         if name in models:
             name = source
         models[name] = load_model(source, num_classes=values.num_classes, overrides=overrides)
+    notes = []
+    if values.movinet:
+        rows, reason = movinet_rows(models, values.num_classes)
+        models.update(rows)
+        if reason:
+            notes.append(f"MoViNet-A0 rows skipped: {reason}.")
     report = benchmark(models, threads, values.runs, values.warmup)
+    report["notes"] = notes
     paths = write_report(report, values.output_dir, values.name)
     print(markdown(report))
     print("wrote " + ", ".join(paths))

@@ -72,3 +72,42 @@ def test_unknown_model_names_itself():
         benchmark.load_model("no_such_preset")
     with pytest.raises(ValueError, match="missing.tflite: no such .tflite file"):
         benchmark.load_model("missing.tflite")
+
+
+def _clip_model(frames: int, height: int, width: int, num_classes: int = 3) -> keras.Model:
+    inputs = keras.Input((frames, height, width, 3), batch_size=1)
+    x = keras.layers.Reshape((frames * height, width, 3))(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+def test_movinet_rows_come_at_each_clip_input_or_say_why_not(attention_tflite, monkeypatch):
+    clip_tflite = benchmark.random_weights_tflite(_clip_model(4, 16, 16), calibration_clips=2)
+    assert benchmark.clip_input(clip_tflite) == (4, 16, 16)
+    # No model takes a clip: nothing to compare with.
+    assert benchmark.movinet_rows({"attention": attention_tflite}) == (
+        {},
+        "no model takes a (1, T, H, W, 3) clip",
+    )
+    built = []
+
+    def fake_movinet(frames, height, width, num_classes=400):
+        built.append((frames, height, width, num_classes))
+        return _clip_model(frames, height, width, num_classes)
+
+    monkeypatch.setattr(benchmark, "movinet_a0_model", fake_movinet)
+    rows, reason = benchmark.movinet_rows(
+        {"a": clip_tflite, "b": clip_tflite, "attention": attention_tflite}, num_classes=5
+    )
+    assert reason is None and built == [(4, 16, 16, 5)]  # one row per distinct clip input
+    (name,) = rows
+    assert name == "movinet_a0_relu@4x16x16"
+    assert benchmark.clip_input(rows[name]) == (4, 16, 16)
+
+    def missing(*args, **kwargs):
+        raise ImportError("No module named 'official'")
+
+    monkeypatch.setattr(benchmark, "movinet_a0_model", missing)
+    rows, reason = benchmark.movinet_rows({"a": clip_tflite})
+    assert rows == {} and "official.projects.movinet is not importable" in reason
