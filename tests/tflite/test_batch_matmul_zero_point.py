@@ -21,7 +21,7 @@ import pytest
 
 import kvid
 import kvid.quantization
-from kvid.backend import keras, tf
+from kvid.backend import keras
 from kvid.models.dualformer.stratified_attention import (
     GlobalPyramidAttention,
     LocalWindowAttention,
@@ -33,6 +33,7 @@ from kvid_tflite import benchmark
 from kvid_tflite.convert import convert_keras_model, symmetric_batch_matmul_operands
 from kvid_tflite.litert import TFLiteModel
 from tests.helpers import cosine, smooth_clips
+from tests.tflite.tflite_helpers import converter_attention
 
 
 def _first_blocks(name: str, count: int) -> tuple:
@@ -163,15 +164,7 @@ def test_every_preset_batch_matmul_runs_in_xnnpack(converted, name, path):
 
 def test_requantized_operand_keeps_the_values():
     """A ReLU'd right-hand operand (zero point -128) gets zero point 0 and the same product."""
-    inputs = keras.Input((8, 16), batch_size=1)
-    queries = keras.layers.Dense(16, name="queries")(inputs)
-    keys = keras.layers.Dense(16, activation="relu", name="keys")(inputs)
-    scores = tf.linalg.matmul(queries, keys, transpose_b=True)
-    logits = keras.layers.Dense(4, name="head")(keras.layers.Flatten()(scores))
-    model = keras.Model(inputs, logits)
-    rng = np.random.default_rng(0)
-    calibration = [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(8)]
-    raw = convert_keras_model(model, "int8", lambda: calibration, symmetric_rhs=False)
+    model, rng, raw = converter_attention()
     (before,) = benchmark.asymmetric_batch_matmuls(raw)
     assert before["zero_point"] == -128
     fixed, records = symmetric_batch_matmul_operands(raw)

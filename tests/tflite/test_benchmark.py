@@ -7,27 +7,16 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from kvid.backend import keras, tf
+from kvid.backend import keras
 from kvid_tflite import benchmark
-from kvid_tflite.convert import convert_keras_model
+from tests.tflite.tflite_helpers import converter_attention
 
 
 @pytest.fixture(scope="module")
 def attention_tflite() -> bytes:
-    """Two activations multiplied: the keys pass a ReLU, so their int8 zero point is -128."""
-    inputs = keras.Input((8, 16), batch_size=1)
-    queries = keras.layers.Dense(16, name="queries")(inputs)
-    keys = keras.layers.Dense(16, activation="relu", name="keys")(inputs)
-    scores = tf.linalg.matmul(queries, keys, transpose_b=True)
-    logits = keras.layers.Dense(4, name="head")(keras.layers.Flatten()(scores))
-    model = keras.Model(inputs, logits)
-    rng = np.random.default_rng(0)
-    calibration = [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(8)]
-    # the converter's own graph: it keeps a BATCH_MATMUL that XNNPACK refuses
-    return convert_keras_model(model, "int8", lambda: calibration, symmetric_rhs=False)
+    return converter_attention()[2]
 
 
 def test_report_times_counts_and_names_the_refused_batch_matmul(attention_tflite, tmp_path):

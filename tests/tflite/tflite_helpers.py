@@ -117,3 +117,20 @@ def write_workdir(root: str, float_model=None, qat_model=None, data_dir: str = "
     if qat_model is not None:
         save_serving(qat_model, os.path.join(root, "export", "qat"))
     return root
+
+
+def converter_attention() -> tuple[keras.Model, np.random.Generator, bytes]:
+    """Two activations multiplied, and its int8 model as the converter writes it: the keys pass
+    a ReLU, so the right-hand operand of the BATCH_MATMUL has zero point -128 (XNNPACK refuses
+    it). Returns the model, the random generator after the calibration clips, and the model."""
+    from kvid_tflite.convert import convert_keras_model
+
+    inputs = keras.Input((8, 16), batch_size=1)
+    queries = keras.layers.Dense(16, name="queries")(inputs)
+    keys = keras.layers.Dense(16, activation="relu", name="keys")(inputs)
+    scores = tf.linalg.matmul(queries, keys, transpose_b=True)
+    logits = keras.layers.Dense(4, name="head")(keras.layers.Flatten()(scores))
+    model = keras.Model(inputs, logits)
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(8)]
+    return model, rng, convert_keras_model(model, "int8", lambda: calibration, symmetric_rhs=False)
