@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +23,9 @@ import kvid
 from kvid.data.workdir import LABEL_MAP_JSON, MODEL_JSON, load_workdir, model_json, write_json
 from kvid.models import transfer
 from kvid_training import train, workdir
+from tests.training.test_train import TINY_CLASSES, run_train, tiny_data_dir  # noqa: F401 (a fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN_PY = REPO_ROOT / "training" / "train.py"
 SOURCE_LABELS = ["a", "b", "c", "d", "e"]
 # vmf_smoke.flags' two-block vmf_tiny at 4 x 32 x 32.
 SMOKE_OVERRIDES = dict(
@@ -36,7 +34,6 @@ SMOKE_OVERRIDES = dict(
     head_features=64,
     dropout_rate=0.0,
 )
-TINY_CLASSES = ["zoom_in", "zoom_out", "appear"]
 
 
 def _randomize(model) -> None:
@@ -349,36 +346,11 @@ def test_an_inflated_mobile_former_fine_tunes_at_other_frames(tmp_path, golden_d
 # --- end to end: train.py, resume, label maps ---------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-
-
-def run_train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(TRAIN_PY), *args],
-        cwd=REPO_ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_data_dir(tmp_path_factory) -> str:
-    data_dir = str(tmp_path_factory.mktemp("tiny_data"))
-    code = (
-        "from kvid_training import synthetic; "
-        f"synthetic.generate({data_dir!r}, classes={TINY_CLASSES!r}, "
-        "split_sizes={'train': 4, 'val': 2}, num_frames=8, frame_size=(36, 36))"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, env=_env(), capture_output=True)
-    return data_dir
-
-
 @pytest.mark.slow
 def test_train_py_starts_from_the_source_then_resumes_from_its_checkpoint(
-    vmf_source, tiny_data_dir, tmp_path
+    vmf_source,
+    tiny_data_dir,  # noqa: F811 (the fixture imported from test_train)
+    tmp_path,
 ):
     source_dir, source_weights = vmf_source
     run_dir = str(tmp_path / "run")
