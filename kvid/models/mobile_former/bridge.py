@@ -14,6 +14,27 @@ from kvid.layers.layer_norm import LayerNorm
 from kvid.models.mobile_former.dynamic_relu import hard_sigmoid
 
 FORMULATIONS = ("full", "factorized")
+TOKEN_NORMS = ("layer", "batch")
+FFN_ACTIVATIONS = ("gelu", "relu")
+
+
+def _token_norm(layer: QuantizableLayer, kind: str, name: str, token_dim: int):
+    """The tokens' normalization: the reference's LayerNorm, or batch norm per token channel
+    (the CPU form: at inference a per-channel scale and shift that XNNPACK runs, no RSQRT)."""
+    if kind not in TOKEN_NORMS:
+        raise ValueError(f"{layer.name}: norm {kind!r} not in {TOKEN_NORMS}.")
+    if kind == "layer":
+        norm = LayerNorm(layer.epsilon, quantized=layer.quantized, name=name)
+    else:
+        norm = keras.layers.BatchNormalization(epsilon=layer.epsilon, momentum=0.9, name=name)
+    build_sublayer(norm, (None, None, token_dim))
+    return norm
+
+
+def _apply_norm(layer: QuantizableLayer, norm, x, training):
+    if isinstance(norm, LayerNorm):
+        return norm(x, training=training)
+    return norm(x, training=layer.bn_training(training))
 
 
 def key_pool_size(height: int, width: int, max_keys_per_frame: int) -> int:
@@ -47,6 +68,7 @@ class Mobile2Former(QuantizableLayer):
       formulation: "full" (reference) or "factorized" (int8-sound video form).
       max_keys_per_frame: key budget per frame of the factorized form.
       epsilon: LayerNorm epsilon.
+      norm: "layer" (reference) or "batch" (CPU form: batch norm per token channel).
 
     Input shape: `[(batch, frames, height, width, channels), (batch, num_tokens, token_dim)]`.
     Output shape: `(batch, num_tokens, token_dim)`.
@@ -81,6 +103,7 @@ class Mobile2Former(QuantizableLayer):
         formulation: str = "full",
         max_keys_per_frame: int = 64,
         epsilon: float = 1e-5,
+        norm: str = "layer",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,6 +114,7 @@ class Mobile2Former(QuantizableLayer):
         self.formulation = formulation
         self.max_keys_per_frame = max_keys_per_frame
         self.epsilon = epsilon
+        self.norm_kind = norm
 
     def build(self, input_shape):
         feature_shape, token_shape = input_shape
@@ -111,8 +135,7 @@ class Mobile2Former(QuantizableLayer):
             build_sublayer(self.alpha, (None, token_dim))
         self.proj = keras.layers.Dense(token_dim, name="proj")
         build_sublayer(self.proj, (None, channels))
-        self.norm = LayerNorm(self.epsilon, quantized=self.quantized, name="norm")
-        build_sublayer(self.norm, (None, None, token_dim))
+        self.norm = _token_norm(self, self.norm_kind, "norm", token_dim)
         self.build_quant_points()
         super().build(input_shape)
 
@@ -165,7 +188,7 @@ class Mobile2Former(QuantizableLayer):
             attended = self.fq("gated", attended * alpha, training)
         projected = self.fq("projected", self.proj(attended), training)
         residual = self.fq("residual", tokens + projected, training)
-        return self.norm(residual, training=training)
+        return _apply_norm(self, self.norm, residual, training)
 
     def compute_output_shape(self, input_shape):
         return input_shape[1]
@@ -178,6 +201,7 @@ class Mobile2Former(QuantizableLayer):
             formulation=self.formulation,
             max_keys_per_frame=self.max_keys_per_frame,
             epsilon=self.epsilon,
+            norm=self.norm_kind,
         )
         return config
 
@@ -256,6 +280,8 @@ class Former(QuantizableLayer):
       num_heads: heads over the token dimension.
       ffn_expansion: hidden width of the FFN is `token_dim * ffn_expansion`.
       epsilon: LayerNorm epsilon.
+      norm: "layer" (reference) or "batch" (CPU form: batch norm per token channel).
+      activation: the FFN's "gelu" (reference, exact) or "relu" (CPU form: fused into fc1).
 
     Input shape: `(batch, num_tokens, token_dim)`. Output shape: same.
 
@@ -277,11 +303,23 @@ class Former(QuantizableLayer):
     )
     symmetric_points = ("tokens",)  # the keys and values
 
-    def __init__(self, num_heads: int = 4, ffn_expansion: int = 2, epsilon: float = 1e-5, **kwargs):
+    def __init__(
+        self,
+        num_heads: int = 4,
+        ffn_expansion: int = 2,
+        epsilon: float = 1e-5,
+        norm: str = "layer",
+        activation: str = "gelu",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        if activation not in FFN_ACTIVATIONS:
+            raise ValueError(f"{self.name}: activation {activation!r} not in {FFN_ACTIVATIONS}.")
         self.num_heads = num_heads
         self.ffn_expansion = ffn_expansion
         self.epsilon = epsilon
+        self.norm_kind = norm
+        self.activation = activation
 
     def build(self, input_shape):
         token_dim = int(input_shape[-1])
@@ -295,10 +333,8 @@ class Former(QuantizableLayer):
         for dense, width in ((self.q, token_dim), (self.proj, token_dim), (self.fc1, token_dim)):
             build_sublayer(dense, (None, width))
         build_sublayer(self.fc2, (None, token_dim * self.ffn_expansion))
-        self.norm1 = LayerNorm(self.epsilon, quantized=self.quantized, name="norm1")
-        self.norm2 = LayerNorm(self.epsilon, quantized=self.quantized, name="norm2")
-        build_sublayer(self.norm1, (None, None, token_dim))
-        build_sublayer(self.norm2, (None, None, token_dim))
+        self.norm1 = _token_norm(self, self.norm_kind, "norm1", token_dim)
+        self.norm2 = _token_norm(self, self.norm_kind, "norm2", token_dim)
         self.build_quant_points()
         super().build(input_shape)
 
@@ -309,10 +345,16 @@ class Former(QuantizableLayer):
         attn = self.fq_softmax(tf.nn.softmax(scores, axis=-1))
         attended = self.fq("attended", merge_heads(tf.matmul(attn, kv)), training)
         projected = self.fq("projected", self.proj(attended), training)
-        z = self.norm1(self.fq("residual", inputs + projected, training), training=training)
-        hidden = self.fq("hidden", tf.nn.gelu(self.fc1(z), approximate=False), training)
-        ffn = self.fq("ffn", self.fc2(hidden), training)
-        return self.norm2(self.fq("ffn_residual", z + ffn, training), training=training)
+        z = _apply_norm(
+            self, self.norm1, self.fq("residual", inputs + projected, training), training
+        )
+        hidden = self.fc1(z)
+        if self.activation == "gelu":
+            hidden = tf.nn.gelu(hidden, approximate=False)
+        else:
+            hidden = tf.nn.relu(hidden)
+        ffn = self.fq("ffn", self.fc2(self.fq("hidden", hidden, training)), training)
+        return _apply_norm(self, self.norm2, self.fq("ffn_residual", z + ffn, training), training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -320,9 +362,21 @@ class Former(QuantizableLayer):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
-            num_heads=self.num_heads, ffn_expansion=self.ffn_expansion, epsilon=self.epsilon
+            num_heads=self.num_heads,
+            ffn_expansion=self.ffn_expansion,
+            epsilon=self.epsilon,
+            norm=self.norm_kind,
+            activation=self.activation,
         )
         return config
 
 
-__all__ = ["Former", "Former2Mobile", "Mobile2Former", "FORMULATIONS", "key_pool_size"]
+__all__ = [
+    "FFN_ACTIVATIONS",
+    "FORMULATIONS",
+    "TOKEN_NORMS",
+    "Former",
+    "Former2Mobile",
+    "Mobile2Former",
+    "key_pool_size",
+]

@@ -63,6 +63,8 @@ def _check_config(name: str, config: dict) -> None:
         raise ValueError(f"{name}: image_input presets take num_frames=1.")
     if config["edgetpu"] and (config["image_input"] or config["groups"] > 1):
         raise ValueError(f"{name}: the edgetpu form takes video input and groups=1.")
+    if config["edgetpu"] and not all(b.bridge for b in config["blocks"]):
+        raise ValueError(f"{name}: the edgetpu form bridges every bridged block (bridge=True).")
 
 
 def _prod(values) -> int:
@@ -109,10 +111,11 @@ def _bridge_in(x, tokens, cfg: dict, name: str):
         formulation=cfg["bridge_formulation"],
         max_keys_per_frame=cfg["max_keys_per_frame"],
         epsilon=cfg["epsilon"],
+        norm=cfg["token_norm"],
         name=f"{name}_m2f",
     )([x, tokens])
-    return Former(cfg["former_heads"], cfg["ffn_expansion"], cfg["epsilon"],
-                  name=f"{name}_former")(tokens)  # fmt: skip
+    return Former(cfg["former_heads"], cfg["ffn_expansion"], cfg["epsilon"], cfg["token_norm"],
+                  cfg["ffn_activation"], name=f"{name}_former")(tokens)  # fmt: skip
 
 
 def _bridge_out(y, tokens, cfg: dict, name: str):
@@ -124,7 +127,8 @@ def dna_block(x, tokens, block: Block, cfg: dict, name: str):
     identity = block.stride == 1 and block.temporal_stride == 1 and x.shape[-1] == block.channels
     if block.expand1 == 1 or block.expand2 == 0:
         return _conv_alone(x, block, cfg, name, identity), tokens
-    tokens = _bridge_in(x, tokens, cfg, name)
+    if block.bridge:
+        tokens = _bridge_in(x, tokens, cfg, name)
     hidden = round(x.shape[-1] * block.expand1)
     y = FrameConv(hidden, 1, groups=cfg["groups"], bn_epsilon=cfg["epsilon"],
                   name=f"{name}_conv1")(x)  # fmt: skip
@@ -142,12 +146,12 @@ def dna_block(x, tokens, block: Block, cfg: dict, name: str):
                   name=f"{name}_conv3")(y)  # fmt: skip
     if cfg["groups"] > 1:
         y = ChannelShuffle(cfg["groups"], name=f"{name}_shuffle3")(y)
-    if cfg["bridge_before_skip"]:
+    if block.bridge and cfg["bridge_before_skip"]:
         y = _bridge_out(y, tokens, cfg, name)
     if identity:
         y = DropPath(cfg["_drop_path"], name=f"{name}_drop_path")(y)
         y = keras.layers.Add(name=f"{name}_add")([y, x])
-    if not cfg["bridge_before_skip"]:
+    if block.bridge and not cfg["bridge_before_skip"]:
         y = _bridge_out(y, tokens, cfg, name)
     return y, tokens
 
@@ -157,7 +161,8 @@ def dna3_block(x, tokens, block: Block, cfg: dict, name: str):
     identity = block.stride == 1 and block.temporal_stride == 1 and x.shape[-1] == block.channels
     if block.expand1 == 1 or block.expand2 == 0:
         return _conv_alone(x, block, cfg, name, identity), tokens
-    tokens = _bridge_in(x, tokens, cfg, name)
+    if block.bridge:
+        tokens = _bridge_in(x, tokens, cfg, name)
     kernel = (block.temporal_kernel, cfg["kernel_size"], cfg["kernel_size"])
     y = Conv2Plus1D(
         kernel,
@@ -180,7 +185,8 @@ def dna3_block(x, tokens, block: Block, cfg: dict, name: str):
                   name=f"{name}_conv4")(y)  # fmt: skip
     y = DropPath(cfg["_drop_path"], name=f"{name}_drop_path")(y)
     y = keras.layers.Add(name=f"{name}_inner_add")([y, inner])
-    y = _bridge_out(y, tokens, cfg, name)
+    if block.bridge:
+        y = _bridge_out(y, tokens, cfg, name)
     if identity:
         y = keras.layers.Add(name=f"{name}_add")([y, x])
     return y, tokens
@@ -213,6 +219,7 @@ def backbone_tensors(inputs, cfg: dict) -> tuple[keras.KerasTensor, keras.KerasT
         formulation=cfg["bridge_formulation"],
         max_keys_per_frame=cfg["max_keys_per_frame"],
         epsilon=cfg["epsilon"],
+        norm=cfg["token_norm"],
         name="final_m2f",
     )([x, tokens])
     endpoints["features"] = x
@@ -227,8 +234,9 @@ def merge_head(features, tokens, cfg: dict, num_classes: int):
         x = ChannelShuffle(cfg["groups"], name="head_shuffle")(x)
     x = FrameConv(x.shape[-1] * cfg["head_expansion"], 1, groups=cfg["groups"],
                   activation="relu6", bn_epsilon=cfg["epsilon"], name="head_conv")(x)  # fmt: skip
-    x = PooledTokenConcat(cfg["num_cls_tokens"], "hard_swish", name="head_pool")([x, tokens])
-    x = DenseBN(cfg["head_features"], "hard_swish", bn_epsilon=cfg["epsilon"], name="head_fc")(x)
+    activation = cfg["head_activation"]
+    x = PooledTokenConcat(cfg["num_cls_tokens"], activation, name="head_pool")([x, tokens])
+    x = DenseBN(cfg["head_features"], activation, bn_epsilon=cfg["epsilon"], name="head_fc")(x)
     if cfg["dropout_rate"] > 0:
         x = keras.layers.Dropout(cfg["dropout_rate"], name="head_dropout")(x)
     return keras.layers.Dense(num_classes, name="logits")(x)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from kvid.layers.common import RAW_MEAN, RAW_STD
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -14,6 +16,8 @@ class Block(NamedTuple):
     kind: "dna3" (dw-pw-dw-pw, `DnaBlock3`, downsampling/first) or "dna" (pw-dw-pw, `DnaBlock`).
     A block with `expand1 == 1` or `expand2 == 0` is a plain conv block with no bridge.
     temporal_kernel / temporal_stride: (2+1)D temporal depthwise kernel of its depthwise convs.
+    bridge: False for a bridged block type run without its bridge (the tokens pass it unchanged;
+    the CPU form leaves the bridge out where the feature map is large).
     """
 
     kind: str
@@ -23,12 +27,18 @@ class Block(NamedTuple):
     expand2: int
     temporal_kernel: int = 1
     temporal_stride: int = 1
+    bridge: bool = True
 
 
-def _blocks(rows, temporal=None):
-    """Block table from reference rows; `temporal` gives (k_t, s_t) per row for video presets."""
+def _blocks(rows, temporal=None, bridged=None):
+    """Block table from reference rows; `temporal` gives (k_t, s_t) per row for video presets,
+    `bridged` the indices of the rows that keep their bridge (default: all)."""
     temporal = temporal or [(1, 1)] * len(rows)
-    return tuple(Block(*row, *tk) for row, tk in zip(rows, temporal, strict=True))
+    bridged = range(len(rows)) if bridged is None else bridged
+    return tuple(
+        Block(*row, *tk, bridge=i in bridged)
+        for i, (row, tk) in enumerate(zip(rows, temporal, strict=True))
+    )
 
 
 # Reference block tables (mobile_former.py, [block, e1, c, s, e2] with n = 1 everywhere).
@@ -96,6 +106,11 @@ DEFAULTS = dict(
     drop_path_rate=0.0,
     epsilon=1e-5,
     dyrelu=(True, True),  # DyReLU (else ReLU6) after the two expanded depthwise/pointwise convs
+    # The CPU form's choices (docs/mobile_former.md, "The CPU form"): "batch" norm of the tokens
+    # instead of LayerNorm, a ReLU FFN in the Former, "relu6" in the head instead of hard-swish.
+    token_norm="layer",
+    ffn_activation="gelu",
+    head_activation="hard_swish",
     # The Edge TPU form (kvid.models.mobile_former.edgetpu): frame-stacked tensors, the static
     # pooled/MLP/gated bridge, ReLU6 for hard-swish, batch norm for LayerNorm. Ignores the
     # bridge_formulation, max_keys_per_frame, bridge_heads and former_heads fields.
@@ -151,6 +166,24 @@ PRESETS = {
     "vmf_xl": dict(
         blocks=_blocks(_MF508, _T12_LATE), stem_channels=24, head_features=1920,
         num_frames=16, image_size=224, bridge_formulation="factorized",
+    ),
+    # The CPU form at vmf_xs's input (docs/mobile_former.md, "The CPU form"): thin at 80x80 and
+    # 40x40, wide pointwise convs at 10x10 and 5x5 (where int8 convs run fastest), one depthwise
+    # conv per block, temporal kernels and bridges only where the map is small (10x10 onwards),
+    # raw [0, 1] input (no normalization op), ReLU6 instead of DyReLU, batch-normed tokens, a ReLU
+    # FFN and a ReLU6 head.
+    "vmf_xs_cpu": dict(
+        blocks=_blocks(
+            [("dna3", 3, 16, 2, 0), ("dna", 3, 32, 2, 3), ("dna", 3, 32, 1, 3),
+             ("dna", 6, 64, 2, 4), ("dna", 4, 64, 1, 4), ("dna", 6, 112, 1, 4),
+             ("dna", 6, 160, 2, 4), ("dna", 4, 160, 1, 4), ("dna", 6, 160, 1, 4)],
+            [(1, 1)] * 3 + [(3, 1)] * 6,
+            bridged=range(5, 9),
+        ),
+        stem_channels=8, head_features=1280, num_frames=8, image_size=160,
+        input_mean=RAW_MEAN, input_std=RAW_STD,
+        bridge_formulation="factorized", dyrelu=(False, False), token_norm="batch",
+        ffn_activation="relu", head_activation="relu6",
     ),
     # Small enough to train on a laptop CPU in minutes on the embedded dataset (8x64x64).
     "vmf_tiny": dict(
