@@ -122,6 +122,10 @@ def check_config(name: str, config: dict, exact_pyramids: bool = True) -> None:
         raise ValueError(f"{name}: mlp_dwconv must be 0 (none) or an odd kernel size.")
     if config["peg_form"] not in ("full", "factorized"):
         raise ValueError(f"{name}: peg_form must be 'full' or 'factorized'.")
+    if config["norm"] not in ("layer", "batch"):
+        raise ValueError(f"{name}: norm must be 'layer' or 'batch'.")
+    if config["mlp_activation"] not in ("gelu", "relu"):
+        raise ValueError(f"{name}: mlp_activation must be 'gelu' or 'relu'.")
 
 
 def num_keys(config: dict) -> list[list[int]]:
@@ -142,10 +146,18 @@ def _linear_init():
     return keras.initializers.get(LINEAR_INITIALIZER)
 
 
+def _norm(cfg: dict, name: str):
+    """The reference's LayerNorm, or (CPU form, `norm="batch"`) batch norm per channel: at
+    inference a per-channel scale and shift, no RSQRT and no statistics per token."""
+    if cfg["norm"] == "layer":
+        return LayerNorm(cfg["epsilon"], name=name)
+    return keras.layers.BatchNormalization(epsilon=cfg["epsilon"], momentum=0.9, name=name)
+
+
 def _layer(x, cfg: dict, stage: int, index: int, drop_path: float, name: str):
     """Pre-norm layer: `x + Attn(LN(x))`, then `x + MLP(LN(x))`; LW at even, GP at odd index."""
     dim = x.shape[-1]
-    y = LayerNorm(cfg["epsilon"], name=f"{name}_norm1")(x)
+    y = _norm(cfg, f"{name}_norm1")(x)
     common = dict(qkv_bias=cfg["qkv_bias"], qk_scale=cfg["qk_scale"], name=f"{name}_attn")
     if index % 2 == 0:
         y = LocalWindowAttention(
@@ -160,12 +172,13 @@ def _layer(x, cfg: dict, stage: int, index: int, drop_path: float, name: str):
             cfg["coarse_first_kernel"],
             epsilon=cfg["epsilon"],
             bn_epsilon=cfg["bn_epsilon"],
+            norm=cfg["norm"],
             **common,
         )(y)
     if drop_path > 0:
         y = DropPath(drop_path, name=f"{name}_drop_path1")(y)
     x = keras.layers.Add(name=f"{name}_add1")([x, y])
-    y = LayerNorm(cfg["epsilon"], name=f"{name}_norm2")(x)
+    y = _norm(cfg, f"{name}_norm2")(x)
     if cfg["mlp_shift_div"]:
         y = TemporalShift(cfg["mlp_shift_div"], name=f"{name}_mlp_shift")(y)
     y = keras.layers.Dense(
@@ -177,7 +190,8 @@ def _layer(x, cfg: dict, stage: int, index: int, drop_path: float, name: str):
         init = keras.initializers.RandomNormal(stddev=math.sqrt(2 / k**2))
         y = FrameConv(kernel_size=k, depthwise=True, use_bias=True, batch_norm=False,
                       kernel_initializer=init, name=f"{name}_dwconv")(y)  # fmt: skip
-    y = keras.layers.Activation("gelu", name=f"{name}_gelu")(y)  # exact (erf) GELU
+    # exact (erf) GELU, or ReLU in the CPU form (fused into fc1)
+    y = keras.layers.Activation(cfg["mlp_activation"], name=f"{name}_{cfg['mlp_activation']}")(y)
     y = keras.layers.Dense(dim, kernel_initializer=_linear_init(), name=f"{name}_fc2")(y)
     if drop_path > 0:
         y = DropPath(drop_path, name=f"{name}_drop_path2")(y)
@@ -198,7 +212,7 @@ def backbone_tensors(inputs, cfg: dict) -> tuple[keras.KerasTensor, dict]:
     for stage, depth in enumerate(cfg["depths"]):
         kernel = cfg["patch_size"] if stage == 0 else (cfg["temporal_strides"][stage], 2, 2)
         x = TubeletConv(cfg["embed_dims"][stage], kernel, name=f"stage{stage}_embed")(x)
-        x = LayerNorm(cfg["epsilon"], name=f"stage{stage}_embed_norm")(x)
+        x = _norm(cfg, f"stage{stage}_embed_norm")(x)
         if stage == 0 and cfg["position_embedding"]:
             x = PositionEmbedding(name="position_embedding")(x)
         endpoints[f"patch_embed{stage}"] = x
@@ -211,7 +225,7 @@ def backbone_tensors(inputs, cfg: dict) -> tuple[keras.KerasTensor, dict]:
                 endpoints[f"stage{stage}_block0_after_peg"] = x
         done += depth
         endpoints[f"stage{stage}_out"] = x
-    x = LayerNorm(cfg["epsilon"], name="norm")(x)
+    x = _norm(cfg, "norm")(x)
     endpoints["backbone_out"] = x
     return x, endpoints
 

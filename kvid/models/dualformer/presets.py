@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kvid.layers.common import RAW_MEAN, RAW_STD
 from kvid.models.dualformer.stratified_attention import COARSE_FIRST_KERNEL
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # mmaction's img_norm_cfg, on [0, 1] inputs
@@ -33,11 +34,17 @@ DEFAULTS = dict(
     mlp_dwconv=0,  # not in the reference: per-frame depthwise k x k conv after fc1; 0: none
     mlp_shift_div=0,  # not in the reference: temporal channel shift before fc1; 0: none
     peg_form="full",
+    norm="layer",  # the CPU form's "batch": batch norm for every LayerNorm on the token maps
+    mlp_activation="gelu",  # the CPU form's "relu" (exact GELU in the reference)
     drop_path_rate=0.1,
     dropout_rate=0.5,
     epsilon=1e-5,
     bn_epsilon=1e-5,
 )
+CPU_FORM = dict(
+    input_mean=RAW_MEAN, input_std=RAW_STD, norm="batch", mlp_activation="relu",
+    peg_form="factorized",
+)  # fmt: skip
 PER_STAGE_FIELDS = ("embed_dims", "num_heads", "depths", "mlp_ratios", "temporal_strides",
               "window_sizes", "fine_pyramid_sizes", "coarse_pyramid_sizes")  # fmt: skip
 
@@ -57,20 +64,22 @@ PRESETS = {
     # LW/GP, PEG) at 8-16 frames of 128x128, with windows of 32 keys and pyramids of 32 + 16 keys,
     # so every int8 softmax spans at most 64 keys: the int8 SOFTMAX's 1/256 output step does not
     # hold the reference's 392-784 (measured on dualformer_cpu, PTQ: softmax relative RMSE
-    # 0.18-0.25 with 256-key windows and pyramids, 0.02-0.03 with 32-36 keys).
+    # 0.18-0.25 with 256-key windows and pyramids, 0.02-0.03 with 32-36 keys). The CPU form
+    # (docs/dualformer.md): raw [0, 1] input, batch norm for LayerNorm, ReLU MLPs and the
+    # factorized PEG, whose int8 ops XNNPACK all runs (benchmarks/cpu_form.py).
     "dualformer_mobile_s": dict(
         num_frames=8, image_size=128, embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8),
         depths=(2, 2, 6, 2), window_sizes=((2, 4, 4),) * 4,
         fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 4, 4), (4, 4, 4)),
         coarse_pyramid_sizes=((1, 4, 4), (1, 4, 4), None, None), coarse_first_kernel=(1, 4, 4),
-        drop_path_rate=0.05, dropout_rate=0.2,
+        drop_path_rate=0.05, dropout_rate=0.2, **CPU_FORM,
     ),
     "dualformer_mobile_m": dict(
         num_frames=16, image_size=128, embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8),
         depths=(2, 2, 6, 2), window_sizes=((2, 4, 4),) * 4,
         fine_pyramid_sizes=((2, 4, 4), (2, 4, 4), (2, 4, 4), (4, 4, 4)),
         coarse_pyramid_sizes=((1, 4, 4), (1, 4, 4), None, None), coarse_first_kernel=(1, 4, 4),
-        drop_path_rate=0.1, dropout_rate=0.2,
+        drop_path_rate=0.1, dropout_rate=0.2, **CPU_FORM,
     ),
     # Trains on a laptop CPU in minutes on the embedded dataset (8 frames of 64x64): the golden
     # configuration's widths, 32-key windows, 36/32/32/16-key pyramids, and a convolutional stem

@@ -289,6 +289,7 @@ class GlobalPyramidAttention(_Attention):
       qk_scale: score scale; None for `(channels / num_heads)^-1/2`.
       epsilon: epsilon of the LayerNorm on the pooled tokens.
       bn_epsilon: batch-norm epsilon of the coarse level.
+      norm: "layer" (reference) or "batch" (CPU form: batch norm of the pooled tokens).
       bn_momentum: batch-norm momentum (PyTorch's 0.1 is Keras' 0.9).
 
     Input shape: `(batch, frames, height, width, channels)` (already layer-normed).
@@ -302,8 +303,12 @@ class GlobalPyramidAttention(_Attention):
     def __init__(self, num_heads: int = 1, fine_pyramid_size=(8, 7, 7),
                  coarse_pyramid_size=(4, 4, 4), coarse_first_kernel=COARSE_FIRST_KERNEL,
                  qkv_bias: bool = True, qk_scale: float | None = None, epsilon: float = 1e-5,
-                 bn_epsilon: float = 1e-5, bn_momentum: float = 0.9, **kwargs):  # fmt: skip
+                 bn_epsilon: float = 1e-5, bn_momentum: float = 0.9, norm: str = "layer",
+                 **kwargs):  # fmt: skip
         super().__init__(num_heads, qkv_bias, qk_scale, **kwargs)
+        if norm not in ("layer", "batch"):
+            raise ValueError(f"{self.name}: norm must be 'layer' or 'batch', got {norm!r}.")
+        self.norm_kind = norm
         self.fine_pyramid_size = as_triple(fine_pyramid_size)
         self.coarse_pyramid_size = (
             None if coarse_pyramid_size is None else as_triple(coarse_pyramid_size)
@@ -350,7 +355,12 @@ class GlobalPyramidAttention(_Attention):
                 pooled = self.coarse_first.compute_output_shape(video)
                 self.coarse_second = TubeletConv(None, second, depthwise=True, name="coarse_second")
                 build_sublayer(self.coarse_second, pooled)
-            self.norm = LayerNorm(self.epsilon, quantized=self.quantized, name="norm")
+            if self.norm_kind == "layer":
+                self.norm = LayerNorm(self.epsilon, quantized=self.quantized, name="norm")
+            else:
+                self.norm = keras.layers.BatchNormalization(
+                    epsilon=self.epsilon, momentum=self.bn_momentum, name="norm"
+                )
             build_sublayer(self.norm, (None, None, channels))
         self.build_quant_points()
         super().build(input_shape)
@@ -369,6 +379,8 @@ class GlobalPyramidAttention(_Attention):
             coarse = self.fq("coarse", self.coarse_second(coarse), training)
             coarse = tf.reshape(coarse, (-1, math.prod(coarse.shape[1:4]), channels))
             tokens = tf.concat([tokens, coarse], axis=1)
+        if self.norm_kind == "batch":
+            return self.norm(tokens, training=self.bn_training(training))
         return self.norm(tokens, training=training)
 
     def call(self, inputs, training=None):
@@ -392,6 +404,7 @@ class GlobalPyramidAttention(_Attention):
             epsilon=self.epsilon,
             bn_epsilon=self.bn_epsilon,
             bn_momentum=self.bn_momentum,
+            norm=self.norm_kind,
         )
         return config
 

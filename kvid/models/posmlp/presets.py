@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kvid.layers.common import RAW_MEAN, RAW_STD
+
 BLOCK_TYPES = ("parallel", "sequential", "joint")
 STEMS = ("reference", "patch")
 # SlowFast's DATA.MEAN / DATA.STD defaults, which the reference training pipeline applies.
@@ -53,6 +55,7 @@ PRESETS = {
     "posmlp_video_xs": dict(
         num_frames=8, image_size=160, embed_dims=(32, 64, 128, 256), depths=(2, 2, 6, 2),
         window_sizes=(10, 10, 10, 5), gammas=(4, 8, 16, 32), norm="batch",
+        activation="relu6", input_mean=RAW_MEAN, input_std=RAW_STD,  # the CPU form
     ),
     # Between the mobile presets and s16: 6.86 GMACs per 8x224x224 clip.
     "posmlp_video_s": dict(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kvid.layers.common import RAW_MEAN, RAW_STD
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HEADS = ("temporal_attention", "mean")
@@ -53,7 +55,7 @@ PRESETS = {
     "xvit_base_16x224": dict(),
     "xvit_xs": dict(
         num_frames=8, image_size=112, embed_dim=192, depth=4, num_heads=3, head_heads=3,
-        head_mlp_dim=192,
+        head_mlp_dim=192, input_mean=RAW_MEAN, input_std=RAW_STD,
     ),
     "xvit_s": dict(
         num_frames=8, image_size=128, embed_dim=192, depth=6, num_heads=3, head_heads=3,
