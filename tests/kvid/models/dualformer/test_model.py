@@ -139,6 +139,35 @@ def test_mobile_presets_are_in_the_mobile_regime(name):
     assert 0.5e9 <= macs <= 2e9, macs
 
 
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_cpu_form_choices_build_the_ops_they_name(norm):
+    """Mobile presets: no input normalization op, ReLU MLPs, the factorized PEG; `norm="batch"`
+    replaces every LayerNorm (blocks, embeddings, final, pooled keys) by batch norm."""
+    from kvid.layers import LayerNorm
+
+    small = dict(num_frames=4, image_size=64, depths=(2, 1, 1, 1), window_sizes=((2, 2, 2),) * 4,
+                 fine_pyramid_sizes=((2, 2, 2),) * 4,
+                 coarse_pyramid_sizes=((1, 2, 2), None, None, None))  # fmt: skip
+    model = kvid.models.create("dualformer_mobile_s", num_classes=5, norm=norm, **small)
+    op_types = {op.type for op in flat_graph_ops(model)}
+    assert "Relu" in op_types and "Gelu" not in op_types
+    normalize = model.get_layer("normalize")
+    clip = np.random.default_rng(0).random((1, 2, 4, 4, 3), dtype=np.float32)
+    assert normalize.is_identity
+    np.testing.assert_array_equal(normalize(clip), clip)
+    assert model.get_layer("stage0_peg").form == "factorized"
+    norms = [m for m in model.submodules if isinstance(m, LayerNorm)]
+    batch_norms = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
+    if norm == "layer":
+        assert len(norms) == 2 * 5 + 4 + 1 + 1  # 5 layers, 4 embeddings, final, pooled keys
+    else:
+        assert not norms and len(batch_norms) >= 2 * 5 + 4 + 1 + 1
+    with pytest.raises(ValueError, match="dualformer_mobile_s: norm must be 'layer' or 'batch'"):
+        kvid.models.create("dualformer_mobile_s", num_classes=5, norm="group", **small)
+    with pytest.raises(ValueError, match="mlp_activation must be 'gelu' or 'relu'"):
+        kvid.models.create("dualformer_mobile_s", num_classes=5, mlp_activation="swish", **small)
+
+
 def test_cpu_preset_keeps_transposes_and_batch_matmuls_within_the_converter_ranks():
     model = kvid.models.create("dualformer_cpu", num_classes=14)
     assert model.input_shape == (None, 8, 64, 64, 3) and model.output_shape == (None, 14)
