@@ -76,6 +76,17 @@ _MF52 = [
 _T12 = [(1, 1)] + [(3, 1)] * 4 + [(3, 2)] + [(3, 1)] * 3 + [(3, 1)] * 3
 _T12_LATE = [(1, 1)] + [(3, 1)] * 8 + [(3, 2)] + [(3, 1)] * 2  # time halved at the 4th
 
+# vmf_tiny's blocks and sizes, shared by its clip, CPU and Edge TPU forms.
+_TINY = dict(
+    blocks=_blocks(
+        [("dna3", 2, 16, 2, 0), ("dna", 3, 16, 1, 3), ("dna3", 4, 32, 2, 4),
+         ("dna", 3, 32, 1, 3), ("dna3", 4, 64, 2, 4), ("dna", 3, 64, 1, 3)],
+        [(3, 1), (3, 1), (3, 1), (3, 1), (3, 2), (3, 1)],  # temporal from the first block
+    ),
+    stem_channels=8, stem_temporal_kernel=3, num_tokens=6, token_dim=64, head_expansion=4,
+    head_features=256, num_frames=8, image_size=64, dropout_rate=0.1,
+)  # fmt: skip
+
 # Fields every preset has, with their defaults. Overrides passed to `create` must be among these.
 DEFAULTS = dict(
     num_frames=1,
@@ -186,38 +197,13 @@ PRESETS = {
         head_activation="relu6",
     ),
     # Small enough to train on a laptop CPU in minutes on the embedded dataset (8x64x64).
-    "vmf_tiny": dict(
-        blocks=_blocks(
-            [("dna3", 2, 16, 2, 0), ("dna", 3, 16, 1, 3), ("dna3", 4, 32, 2, 4),
-             ("dna", 3, 32, 1, 3), ("dna3", 4, 64, 2, 4), ("dna", 3, 64, 1, 3)],
-            [(3, 1), (3, 1), (3, 1), (3, 1), (3, 2), (3, 1)],  # temporal from the first block
-        ),
-        stem_channels=8, stem_temporal_kernel=3, num_tokens=6, token_dim=64, head_expansion=4,
-        head_features=256, num_frames=8, image_size=64, bridge_formulation="factorized",
-        dropout_rate=0.1,
-    ),
+    "vmf_tiny": dict(_TINY, bridge_formulation="factorized"),
     # vmf_tiny in the CPU form (vmf_cpu.flags): same blocks, widths, bridges and input; raw [0, 1]
     # input, ReLU6 instead of DyReLU, a ReLU FFN and a ReLU6 head.
     "vmf_tiny_cpu": dict(
-        blocks=_blocks(
-            [("dna3", 2, 16, 2, 0), ("dna", 3, 16, 1, 3), ("dna3", 4, 32, 2, 4),
-             ("dna", 3, 32, 1, 3), ("dna3", 4, 64, 2, 4), ("dna", 3, 64, 1, 3)],
-            [(3, 1), (3, 1), (3, 1), (3, 1), (3, 2), (3, 1)],
-        ),
-        stem_channels=8, stem_temporal_kernel=3, num_tokens=6, token_dim=64, head_expansion=4,
-        head_features=256, num_frames=8, image_size=64, bridge_formulation="factorized",
-        dropout_rate=0.1, input_mean=RAW_MEAN, input_std=RAW_STD, dyrelu=(False, False),
-        ffn_activation="relu", head_activation="relu6",
+        _TINY, bridge_formulation="factorized", input_mean=RAW_MEAN, input_std=RAW_STD,
+        dyrelu=(False, False), ffn_activation="relu", head_activation="relu6",
     ),
     # vmf_tiny in the Edge TPU form: same blocks, widths and input; only Edge TPU ops in int8.
-    "vmf_tiny_edgetpu": dict(
-        blocks=_blocks(
-            [("dna3", 2, 16, 2, 0), ("dna", 3, 16, 1, 3), ("dna3", 4, 32, 2, 4),
-             ("dna", 3, 32, 1, 3), ("dna3", 4, 64, 2, 4), ("dna", 3, 64, 1, 3)],
-            [(3, 1), (3, 1), (3, 1), (3, 1), (3, 2), (3, 1)],
-        ),
-        stem_channels=8, stem_temporal_kernel=3, num_tokens=6, token_dim=64, head_expansion=4,
-        head_features=256, num_frames=8, image_size=64, dropout_rate=0.1, edgetpu=True,
-        dynamic_bridge=False,
-    ),
+    "vmf_tiny_edgetpu": dict(_TINY, edgetpu=True, dynamic_bridge=False),
 }  # fmt: skip
