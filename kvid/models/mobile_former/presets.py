@@ -182,7 +182,7 @@ PRESETS = {
     # 40x40, wide pointwise convs at 10x10 and 5x5 (where int8 convs run fastest), one depthwise
     # conv per block, temporal kernels and bridges only where the map is small (10x10 onwards),
     # raw [0, 1] input (no normalization op), ReLU6 instead of DyReLU, a ReLU FFN and a ReLU6
-    # head. The tokens keep LayerNorm: batch norm saved no time and lost int8 fidelity.
+    # head. The tokens keep LayerNorm: batch norm saved no clear time and lost int8 fidelity.
     "vmf_xs_cpu": dict(
         blocks=_blocks(
             [("dna3", 3, 16, 2, 0), ("dna", 3, 32, 2, 3), ("dna", 3, 32, 1, 3),
