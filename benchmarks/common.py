@@ -154,6 +154,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def timing_caption(report: dict[str, Any], runs: int, warmup: int) -> str:
+    """The machine, versions, date, load and timing protocol of a `kvid_tflite.benchmark` report."""
+    machine = report["machine"]
+    return (
+        f"{machine['cpu']}, {machine['cores']} cores; LiteRT {machine['ai_edge_litert']}, "
+        f"TensorFlow {machine['tensorflow']}; {machine['date']}; load average "
+        f"{report['load_average_before']} before the timing, {report['load_average_after']} "
+        f"after; {runs} runs after {warmup} warm-up invokes, the models timed in turn in one "
+        "process."
+    )
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

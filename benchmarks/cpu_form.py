@@ -158,15 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         "latency vs MoViNet-A0",
         "GMAC/s vs MoViNet-A0", "ops outside XNNPACK", "partitions", "int8 cosine mean (min)",
     ]  # fmt: skip
-    machine = report["machine"]
     caption = (
-        f"{machine['cpu']}, {machine['cores']} cores; LiteRT {machine['ai_edge_litert']}, "
-        f"TensorFlow {machine['tensorflow']}; {machine['date']}; load average "
-        f"{report['load_average_before']} before the timing, {report['load_average_after']} "
-        f"after; {args.runs} runs after {args.warmup} warm-up invokes at 1 thread, the models "
-        "timed in turn in one process. Random weights, PTQ as kvid-convert writes it; compare "
-        f"rows within this run only. Attainable int8 rate: {rate:.1f} GMAC/s (the faster "
-        "full-int8 Conv2D 1x1 probe of benchmarks/common.py, timed before the models)."
+        common.timing_caption(report, args.runs, args.warmup)
+        + " 1 thread. Random weights, PTQ as kvid-convert writes it; compare rows within this run "
+        f"only. Attainable int8 rate: {rate:.1f} GMAC/s (the faster full-int8 Conv2D 1x1 probe "
+        "of benchmarks/common.py, timed before the models)."
         + ("" if movinet else f" No MoViNet rows: {why}")
     )
     text = "\n".join(

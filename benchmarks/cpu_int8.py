@@ -176,13 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         "preset", "T x H x W", "int8", f"{threads[0]}t median ms", "min ms", "GMAC/s",
         "BATCH_MATMUL refused", "ops outside XNNPACK", "partitions", "min cosine vs float",
     ]  # fmt: skip
-    machine = report["machine"]
     caption = (
-        f"{machine['cpu']}, {machine['cores']} cores, shared with other jobs; LiteRT "
-        f"{machine['ai_edge_litert']}, TensorFlow {machine['tensorflow']}; {machine['date']}; "
-        f"load average {report['load_average_before']} before the timing, "
-        f"{report['load_average_after']} after; {args.runs} runs after {args.warmup} warm-up "
-        "invokes, the models timed in turn. Random weights; compare rows within this run only."
+        common.timing_caption(report, args.runs, args.warmup)
+        + " Shared with other jobs. Random weights; compare rows within this run only."
     )
     text = "\n".join(
         [
