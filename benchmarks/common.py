@@ -1,7 +1,7 @@
 """Shared helpers of the benchmark scripts: clips, int8 conversion, timing, machine facts, output.
 
-Copied on purpose from tests/kvid/quantization/test_quantization.py (`smooth_clips`,
-`convert_int8`, `cosine`): benchmarks never import tests. Keep the two in step.
+Copied on purpose from tests/kvid/quantization/test_quantization.py (`convert_int8`, `cosine`):
+benchmarks never import tests. Keep the two in step. `smooth_clips` is kvid-benchmark's.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from kvid.backend import keras, tf
 
 # Timing, XNNPACK coverage and machine facts are kvid-benchmark's; the scripts use them from here.
+from kvid_tflite import benchmark
 from kvid_tflite.benchmark import (  # noqa: F401
     _version,
     cpu_model,
@@ -35,18 +36,9 @@ RATE_PROBES = ((56, 56, 512, 512), (28, 28, 1024, 1024))
 
 
 def smooth_clips(shape: Sequence[int], count: int, seed: int = 0) -> list[np.ndarray]:
-    """Low-frequency random clips in [0, 1] of `shape` (T, H, W, 3), each with a batch axis of 1.
-
-    Feature maps computed from them have structure, unlike white noise: a 4x4 random image per
-    frame, bilinearly resized to H x W.
-    """
-    rng = np.random.default_rng(seed)
-    frames, height, width, _ = shape
-    clips = []
-    for _ in range(count):
-        small = rng.random((frames, 4, 4, 3)).astype(np.float32)
-        clips.append(tf.image.resize(small, (height, width)).numpy()[None].clip(0, 1))
-    return clips
+    """Low-frequency random clips in [0, 1] of `shape` (T, H, W, 3), each with a batch axis of 1
+    (`kvid_tflite.benchmark.smooth_clips`: a 4x4 random image per frame, bilinearly resized)."""
+    return benchmark.smooth_clips(shape, count, seed)
 
 
 def smooth_inputs(shape: Sequence[int], count: int, seed: int = 0) -> list[np.ndarray]:

@@ -35,7 +35,6 @@ import collections
 import datetime
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import statistics
@@ -216,19 +215,40 @@ def gmacs(tflite_bytes: bytes) -> float:
 # ------------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------------
-def random_weights_tflite(model: Any, calibration_clips: int = 4) -> bytes:
-    """A Keras model converted to int8 by post-training quantization on smooth random clips
-    (speed only: the weights are not trained), with every BATCH_MATMUL's right-hand operand at
-    zero point 0 as `kvid-convert` writes it."""
+def smooth_clips(shape: Sequence[int], count: int, seed: int = 0) -> list[np.ndarray]:
+    """Low-frequency random clips in [0, 1] of `shape` (T, H, W, C), each with a batch axis of 1:
+    a 4x4 random field per frame, bilinearly resized to H x W (feature maps computed from them
+    have structure, unlike white noise, and every patch of a clip differs)."""
+    import tensorflow as tf
+
+    frames, height, width, channels = shape
+    rng = np.random.default_rng(seed)
+    clips = []
+    for _ in range(count):
+        coarse = rng.random((frames, 4, 4, channels)).astype(np.float32)
+        clip = tf.image.resize(coarse, (height, width)).numpy()
+        clips.append(clip[None].clip(0, 1).astype(np.float32))
+    return clips
+
+
+def random_weights_tflite(
+    model: Any, calibration_clips: int = 4, clips: Sequence[np.ndarray] | None = None
+) -> bytes:
+    """A Keras model converted to int8 by post-training quantization, with every BATCH_MATMUL's
+    right-hand operand at zero point 0 as `kvid-convert` writes it.
+
+    Calibrates on `clips` when given (the clips a caller also set batch-norm statistics or
+    measures fidelity with), else on `calibration_clips` `smooth_clips`. Built for speed and for
+    int8 fidelity of untrained weights; the calibration clips should be drawn like the clips the
+    model is then compared on: a range calibrated on other statistics clips (e.g. a
+    periodically tiled field, whose patches are all alike, left every LayerNorm's variance
+    range too narrow for smooth clips).
+    """
     from kvid_tflite.convert import convert_keras_model
 
-    shape = model.input_shape[1:]
-    rng = np.random.default_rng(0)
-    clips = []
-    for _ in range(calibration_clips):  # smooth: a coarse random field, upsampled
-        coarse = rng.random((shape[0], 4, 4, shape[-1]), dtype=np.float32)
-        repeats = (1, math.ceil(shape[1] / 4), math.ceil(shape[2] / 4), 1)
-        clips.append(np.tile(coarse, repeats)[None, :, : shape[1], : shape[2]].astype(np.float32))
+    if clips is None:
+        clips = smooth_clips(model.input_shape[1:], calibration_clips)
+    clips = [np.asarray(clip, np.float32) for clip in clips]
     return convert_keras_model(model, "int8", lambda: clips, symmetric_rhs=True)
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from kvid.backend import keras
@@ -100,3 +101,28 @@ def test_movinet_rows_come_at_each_clip_input_or_say_why_not(attention_tflite, m
     monkeypatch.setattr(benchmark, "movinet_a0_model", missing)
     rows, reason = benchmark.movinet_rows({"a": clip_tflite})
     assert rows == {} and "official.projects.movinet is not importable" in reason
+
+
+def test_smooth_clips_have_distinct_patches_and_are_reproducible():
+    """Calibration clips for random weights must be drawn like the clips compared on: a smooth
+    field, not a periodic tile whose patches are all alike (that left LayerNorm variance ranges
+    too narrow for smooth clips)."""
+    first, second = benchmark.smooth_clips((2, 32, 32, 3), 2, seed=3)
+    assert first.shape == (1, 2, 32, 32, 3) and first.dtype == np.float32
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    patches = first[0, 0].reshape(4, 8, 4, 8, 3).transpose(0, 2, 1, 3, 4).reshape(16, -1)
+    assert len(np.unique(patches.round(5), axis=0)) == 16
+    assert np.abs(np.diff(first[0, 0], axis=0)).mean() < 0.1  # low frequency
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(benchmark.smooth_clips((2, 32, 32, 3), 1, seed=3)[0], first)
+
+
+def test_random_weights_tflite_calibrates_on_the_given_clips():
+    from kvid_tflite.litert import TFLiteModel
+
+    model = _clip_model(4, 16, 16)
+    default = TFLiteModel(benchmark.random_weights_tflite(model, calibration_clips=2))
+    dim = [0.25 * clip for clip in benchmark.smooth_clips((4, 16, 16, 3), 2)]
+    given = TFLiteModel(benchmark.random_weights_tflite(model, clips=dim))
+    default_scale, given_scale = default.input_quantization[0], given.input_quantization[0]
+    assert given_scale == pytest.approx(0.25 * default_scale, rel=0.1)
