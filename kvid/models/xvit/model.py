@@ -16,6 +16,7 @@ from kvid.models.registry import merge_preset
 from kvid.models.xvit.presets import DEFAULTS, FRAME_POOLS, HEADS, PRESETS
 from kvid.models.xvit.space_time_mixing import SpaceTimeMixingAttention, vit_initializer
 from kvid.models.xvit.vit import (
+    MLP_ACTIVATIONS,
     FeedForward,
     MeanTokens,
     PatchEmbedding,
@@ -61,6 +62,10 @@ def check_config(name: str, cfg: dict) -> None:
         raise ValueError(f"{name}: shift_div {cfg['shift_div']} leaves no channel to shift.")
     if cfg["frame_pool"] not in FRAME_POOLS:
         raise ValueError(f"{name}: frame_pool {cfg['frame_pool']!r} not in {FRAME_POOLS}.")
+    if cfg["mlp_activation"] not in MLP_ACTIVATIONS:
+        raise ValueError(
+            f"{name}: mlp_activation {cfg['mlp_activation']!r} not in {MLP_ACTIVATIONS}."
+        )
     if cfg["head"] not in HEADS:
         raise ValueError(f"{name}: head {cfg['head']!r} not in {HEADS}.")
     blocks = cfg["shift_blocks"]
@@ -79,6 +84,7 @@ def transformer_block(
     summary_tokens: bool = False,
     qkv_bias: bool = True,
     drop_path: float = 0.0,
+    mlp_activation: str = "gelu",
 ):
     """Pre-norm Transformer block: `x + Attn(LN(x))`, then `x + MLP(LN(x))` (timm `Block`)."""
     y = LayerNorm(epsilon, name=f"{name}_norm1")(x)
@@ -94,7 +100,7 @@ def transformer_block(
         y = DropPath(drop_path, name=f"{name}_drop_path1")(y)
     x = keras.layers.Add(name=f"{name}_add1")([x, y])
     y = LayerNorm(epsilon, name=f"{name}_norm2")(x)
-    y = FeedForward(mlp_hidden, name=f"{name}_mlp")(y)
+    y = FeedForward(mlp_hidden, activation=mlp_activation, name=f"{name}_mlp")(y)
     if drop_path > 0:
         y = DropPath(drop_path, name=f"{name}_drop_path2")(y)
     return keras.layers.Add(name=f"{name}_add2")([x, y])
@@ -126,6 +132,7 @@ def backbone_tensors(inputs, cfg: dict) -> tuple[keras.KerasTensor, dict]:
             summary_tokens=cfg["summary_tokens"],
             qkv_bias=cfg["qkv_bias"],
             drop_path=cfg["drop_path_rate"] * index / max(depth - 1, 1),
+            mlp_activation=cfg["mlp_activation"],
         )
         endpoints[f"block{index}"] = x
     x = LayerNorm(cfg["epsilon"], name="norm")(x)
@@ -146,13 +153,16 @@ def temporal_attention_head(features, cfg: dict, num_classes: int, endpoints: di
     for index in range(cfg["head_depth"]):
         x = transformer_block(
             x, cfg["head_heads"], 4 * width, cfg["head_epsilon"], f"head_block{index}",
-            qkv_bias=False,
+            qkv_bias=False, mlp_activation=cfg["mlp_activation"],
         )  # fmt: skip
     endpoints["temporal_encoder"] = x
     x = SelectToken(0, name="head_token")(x)
     x = LayerNorm(cfg["head_epsilon"], name="head_norm")(x)
     x = keras.layers.Dense(
-        cfg["head_mlp_dim"], activation="gelu", name="head_fc", kernel_initializer=vit_initializer()
+        cfg["head_mlp_dim"],
+        activation=cfg["mlp_activation"],
+        name="head_fc",
+        kernel_initializer=vit_initializer(),
     )(x)
     if cfg["dropout_rate"] > 0:
         x = keras.layers.Dropout(cfg["dropout_rate"], name="head_dropout")(x)

@@ -34,6 +34,7 @@ DEFAULTS = dict(
     head_heads=12,
     head_depth=1,
     head_mlp_dim=768,
+    mlp_activation="gelu",  # every MLP's and the head's; the CPU form's "relu" fuses into fc1
     dropout_rate=0.5,
     drop_path_rate=0.0,
     epsilon=1e-6,  # backbone LayerNorm (timm ViT)

@@ -134,13 +134,18 @@ class SpaceTimeEmbedding(keras.layers.Layer):
         return config
 
 
+MLP_ACTIVATIONS = ("gelu", "relu")
+
+
 @register
 class FeedForward(QuantizableLayer):
-    """Transformer MLP: `fc2(GELU(fc1(x)))` with the exact (erf) GELU.
+    """Transformer MLP: `fc2(act(fc1(x)))`, the exact (erf) GELU by default.
 
     Args:
       hidden_dim: width of the hidden layer (`mlp_ratio * channels`).
-      dropout_rate: dropout after the GELU and after fc2 (timm `Mlp`).
+      dropout_rate: dropout after the activation and after fc2 (timm `Mlp`).
+      activation: "gelu" (exact, the reference) or "relu" (the CPU form: fused into fc1 in
+        int8, where the GELU is a kernel outside XNNPACK).
 
     Input shape: `(..., channels)`. Output shape: same.
 
@@ -151,10 +156,15 @@ class FeedForward(QuantizableLayer):
 
     quant_points = ("fc1", "hidden")
 
-    def __init__(self, hidden_dim: int, dropout_rate: float = 0.0, **kwargs):
+    def __init__(
+        self, hidden_dim: int, dropout_rate: float = 0.0, activation: str = "gelu", **kwargs
+    ):
         super().__init__(**kwargs)
+        if activation not in MLP_ACTIVATIONS:
+            raise ValueError(f"{self.name}: activation {activation!r} not in {MLP_ACTIVATIONS}.")
         self.hidden_dim = hidden_dim
         self.dropout_rate = dropout_rate
+        self.activation = activation
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
@@ -170,7 +180,11 @@ class FeedForward(QuantizableLayer):
 
     def call(self, inputs, training=None):
         x = self.fq("fc1", self.fc1(inputs), training)
-        x = self.fq("hidden", tf.nn.gelu(x, approximate=False), training)
+        if self.activation == "gelu":
+            x = tf.nn.gelu(x, approximate=False)
+        else:
+            x = tf.nn.relu(x)
+        x = self.fq("hidden", x, training)
         x = self.dropout(x, training=training)
         return self.dropout(self.fc2(x), training=training)
 
@@ -179,7 +193,9 @@ class FeedForward(QuantizableLayer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(hidden_dim=self.hidden_dim, dropout_rate=self.dropout_rate)
+        config.update(
+            hidden_dim=self.hidden_dim, dropout_rate=self.dropout_rate, activation=self.activation
+        )
         return config
 
 

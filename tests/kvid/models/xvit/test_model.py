@@ -319,6 +319,25 @@ def test_head_variants_and_summary_tokens_build():
     assert kvid.profile.count_macs(summary) > kvid.profile.count_macs(plain)
 
 
+def test_relu_mlp_builds_no_gelu_and_keeps_the_weights():
+    """`mlp_activation="relu"` (the CPU form) swaps every GELU (blocks, temporal head, head fc)
+    for a ReLU and changes nothing else: same weights, and each MLP computes fc2(relu(fc1(x)))."""
+    small = dict(num_classes=3, num_frames=4, image_size=32, depth=2)
+    gelu = kvid.models.create("xvit_xs", **small)
+    relu = kvid.models.create("xvit_xs", mlp_activation="relu", **small)
+    assert "Erfc" in {op.type for op in flat_graph_ops(gelu)}  # the exact GELU
+    relu_ops = {op.type for op in flat_graph_ops(relu)}
+    assert not relu_ops & {"Erfc", "Erf", "Gelu"} and "Relu" in relu_ops
+    assert [w.shape for w in relu.weights] == [w.shape for w in gelu.weights]
+    mlp = relu.get_layer("block1_mlp")
+    assert mlp.get_config()["activation"] == "relu"
+    x = np.random.default_rng(0).normal(size=(1, 4, 5, 192)).astype(np.float32)
+    expected = mlp.fc2(np.maximum(mlp.fc1(x).numpy(), 0.0)).numpy()
+    np.testing.assert_allclose(mlp(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="xvit_xs: mlp_activation 'swish' not in"):
+        kvid.models.create("xvit_xs", mlp_activation="swish", **small)
+
+
 def test_create_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"Unknown override\(s\) \['shift'\].*valid fields"):
         kvid.models.create("xvit_tiny", num_classes=3, shift=2)
