@@ -51,12 +51,13 @@ DEFAULTS = dict(
 # of small shapes on a flat background. So it takes two 3x3 stride-2 convs (BN, ReLU) before a
 # 2x2 patch embedding ("Early convolutions help transformers see better", Xiao et al. 2021),
 # each followed by the same temporal shift (TSM-style, `stem_shift_div`), ImageNet input
-# statistics and the average of each frame's tokens as the frame feature.
+# statistics and the average of each frame's tokens as the frame feature. xvit_xs is in the CPU
+# form: raw [0, 1] input (no normalization op) and ReLU MLPs (no GELU kernel outside XNNPACK).
 PRESETS = {
     "xvit_base_16x224": dict(),
     "xvit_xs": dict(
         num_frames=8, image_size=112, embed_dim=192, depth=4, num_heads=3, head_heads=3,
-        head_mlp_dim=192, input_mean=RAW_MEAN, input_std=RAW_STD,
+        head_mlp_dim=192, input_mean=RAW_MEAN, input_std=RAW_STD, mlp_activation="relu",
     ),
     "xvit_s": dict(
         num_frames=8, image_size=128, embed_dim=192, depth=6, num_heads=3, head_heads=3,

@@ -320,11 +320,11 @@ def test_head_variants_and_summary_tokens_build():
 
 
 def test_relu_mlp_builds_no_gelu_and_keeps_the_weights():
-    """`mlp_activation="relu"` (the CPU form) swaps every GELU (blocks, temporal head, head fc)
-    for a ReLU and changes nothing else: same weights, and each MLP computes fc2(relu(fc1(x)))."""
+    """`mlp_activation="relu"` (xvit_xs, the CPU form) swaps every GELU (blocks, temporal head,
+    head fc) for a ReLU and changes nothing else: same weights, each MLP is fc2(relu(fc1(x)))."""
     small = dict(num_classes=3, num_frames=4, image_size=32, depth=2)
-    gelu = kvid.models.create("xvit_xs", **small)
-    relu = kvid.models.create("xvit_xs", mlp_activation="relu", **small)
+    gelu = kvid.models.create("xvit_xs", mlp_activation="gelu", **small)
+    relu = kvid.models.create("xvit_xs", **small)
     assert "Erfc" in {op.type for op in flat_graph_ops(gelu)}  # the exact GELU
     relu_ops = {op.type for op in flat_graph_ops(relu)}
     assert not relu_ops & {"Erfc", "Erf", "Gelu"} and "Relu" in relu_ops
