@@ -11,18 +11,19 @@ form) at the same inputs:
 - `dualformer_mobile_s` (CPU form) with one choice reverted at a time (input normalization,
   GELU MLP, the full PEG) and with batch norm for LayerNorm (tried, not kept);
 - `xvit_xs` and `posmlp_video_xs` as they are (raw input) and with their former normalization,
-  and `posmlp_video_xs` with GELU for its ReLU6.
+  `xvit_xs` with GELU MLPs for its ReLU ones, and `posmlp_video_xs` with GELU for its ReLU6.
 
-Each row also gives the int8-vs-float logits cosine (mean and worst over the test clips) with the
-batch-norm moving statistics set from the calibration clips, as training leaves them: with the
-initial statistics a raw-input model's logits hardly depend on the clip.
+Each row also gives the int8-vs-float logits cosine (mean and worst over 4 test clips) with the
+batch-norm moving statistics set from the 16 calibration clips, as training leaves them (with the
+initial statistics a raw-input model's logits hardly depend on the clip), and the int8 model
+calibrated on those same clips.
 
 Needs `official.projects.movinet` (the side environment of benchmarks/README.md) for the MoViNet
 rows; without it the kvid rows are still timed.
 
 Usage (from the repository root):
   /tmp/tfmvenv/bin/python benchmarks/cpu_form.py                   # ~15 min on 2 cores
-  python benchmarks/cpu_form.py --only vmf_xs_cpu --runs 5 --name /tmp/x
+  python benchmarks/cpu_form.py --only vmf_xs_cpu --only "xvit_xs, GELU MLP" --runs 5 --name /tmp/x
 """
 
 from __future__ import annotations
@@ -63,28 +64,37 @@ VARIANTS = (
     ("dualformer_mobile_s, full PEG", "dualformer_mobile_s", dict(peg_form="full")),
     ("xvit_xs", "xvit_xs", {}),
     ("xvit_xs, (0.5, 0.5) normalization", "xvit_xs", HALF),
+    ("xvit_xs, GELU MLP", "xvit_xs", dict(mlp_activation="gelu")),
     ("posmlp_video_xs", "posmlp_video_xs", {}),
     ("posmlp_video_xs, Kinetics normalization", "posmlp_video_xs", KINETICS),
     ("posmlp_video_xs, GELU", "posmlp_video_xs", dict(activation="gelu")),
 )
 
 
-def with_batch_statistics(model: keras.Model, clips: list[np.ndarray], steps: int = 30) -> None:
-    """Batch-norm moving statistics from `clips` (training-mode passes; weights unchanged)."""
-    batch = np.concatenate(clips)
-    for _ in range(steps):
-        model(batch, training=True)
+def with_batch_statistics(
+    model: keras.Model, clips: list[np.ndarray], steps: int = 30, batch_size: int = 4
+) -> None:
+    """Batch-norm moving statistics from `clips` (training-mode passes over batches of
+    `batch_size` clips in turn; weights unchanged)."""
+    batches = [
+        np.concatenate(clips[start : start + batch_size])
+        for start in range(0, len(clips), batch_size)
+    ]
+    for step in range(steps):
+        model(batches[step % len(batches)], training=True)
 
 
-def convert(preset: str, overrides: dict, num_classes: int, num_clips: int) -> dict:
+def convert(
+    preset: str, overrides: dict, num_classes: int, calibration_clips: int, num_clips: int
+) -> dict:
     keras.utils.set_random_seed(0)  # the same random weights in every run
     model = kvid.models.create(preset, num_classes=num_classes, **overrides)
     shape = model.input_shape[1:]
-    calibration = common.smooth_clips(shape, num_clips, seed=0)
+    calibration = common.smooth_clips(shape, calibration_clips, seed=0)
     test_clips = common.smooth_clips(shape, num_clips, seed=1)
     with_batch_statistics(model, calibration)
     start = time.perf_counter()
-    content = benchmark.random_weights_tflite(model, calibration_clips=num_clips)
+    content = benchmark.random_weights_tflite(model, clips=calibration)
     seconds = time.perf_counter() - start
     runner = benchmark.TFLiteModel(content)
     cosines = [
@@ -101,14 +111,17 @@ def convert(preset: str, overrides: dict, num_classes: int, num_clips: int) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="Comma-separated row names (default: all).")
+    parser.add_argument(
+        "--only", action="append", default=[], help="A row name; repeat for more (default: all)."
+    )
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--num_classes", type=int, default=400)
-    parser.add_argument("--num_clips", type=int, default=4)
+    parser.add_argument("--calibration_clips", type=int, default=16)
+    parser.add_argument("--num_clips", type=int, default=4, help="Clips the cosine is taken over.")
     parser.add_argument("--name", default="benchmarks/results/cpu_form")
     args = parser.parse_args(argv)
-    only = [n for n in args.only.split(",") if n]
+    only = args.only
     unknown = sorted(set(only) - {v[0] for v in VARIANTS})
     if unknown:
         parser.error(f"--only: unknown rows {unknown}")
@@ -116,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, preset, overrides in VARIANTS:
         if only and name not in only:
             continue
-        converted[name] = convert(preset, overrides, args.num_classes, args.num_clips)
+        converted[name] = convert(
+            preset, overrides, args.num_classes, args.calibration_clips, args.num_clips
+        )
         print(f"{name}: converted, cosine {converted[name]['cosine_mean']:.4f}", flush=True)
     models = {name: entry["content"] for name, entry in converted.items()}
     movinet, why = benchmark.movinet_rows(models, args.num_classes)
