@@ -174,6 +174,23 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+def write_report(
+    name: str,
+    title: str,
+    caption: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    payload: dict[str, Any],
+) -> str:
+    """Prints a titled Markdown table and writes it to `name`.md, `payload` to `name`.json."""
+    text = "\n".join([f"# {title}", "", caption, "", markdown_table(headers, rows), ""])
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(name)), exist_ok=True)
+    write_text(name + ".md", text)
+    write_json(name + ".json", payload)
+    return text
+
+
 def write_text(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:

@@ -29,7 +29,6 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -180,20 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         "of benchmarks/common.py, timed before the models)."
         + ("" if movinet else f" No MoViNet rows: {why}")
     )
-    text = "\n".join(
-        [
-            "# The CPU forms of the mobile presets (benchmarks/cpu_form.py)",
-            "",
-            caption,
-            "",
-            common.markdown_table(headers, rows),
-            "",
-        ]
+    common.write_report(
+        args.name,
+        "The CPU forms of the mobile presets (benchmarks/cpu_form.py)",
+        caption,
+        headers,
+        rows,
+        report,
     )
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.name)), exist_ok=True)
-    common.write_text(args.name + ".md", text)
-    common.write_json(args.name + ".json", report)
     return 0
 
 

@@ -14,7 +14,6 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -90,23 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         "preset", "T x H x W", "cosine mean", "cosine min", f"mean >= {THRESHOLD}",
         "BATCH_MATMULs with a non-zero RHS zero point",
     ]  # fmt: skip
-    text = "\n".join(
-        [
-            "# int8 fidelity of the mobile, CPU and Edge TPU presets (benchmarks/preset_fidelity.py)",
-            "",
-            f"{machine['cpu']}, TensorFlow {machine['tensorflow']}; {machine['date']}. Random "
-            f"weights (seed 0), {args.num_classes} classes, batch-norm statistics and PTQ "
-            f"calibration from {args.calibration_clips} smooth clips, cosine over "
-            f"{args.num_clips} other smooth clips. Nothing timed.",
-            "",
-            common.markdown_table(headers, rows),
-            "",
-        ]
+    caption = (
+        f"{machine['cpu']}, TensorFlow {machine['tensorflow']}; {machine['date']}. Random "
+        f"weights (seed 0), {args.num_classes} classes, batch-norm statistics and PTQ "
+        f"calibration from {args.calibration_clips} smooth clips, cosine over "
+        f"{args.num_clips} other smooth clips. Nothing timed."
     )
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.name)), exist_ok=True)
-    common.write_text(args.name + ".md", text)
-    common.write_json(args.name + ".json", {"machine": machine, "presets": records})
+    common.write_report(
+        args.name,
+        "int8 fidelity of the mobile, CPU and Edge TPU presets (benchmarks/preset_fidelity.py)",
+        caption,
+        headers,
+        rows,
+        {"machine": machine, "presets": records},
+    )
     return 0
 
 
