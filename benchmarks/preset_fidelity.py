@@ -18,11 +18,8 @@ import sys
 import time
 
 import common
-import numpy as np
-from cpu_form import with_batch_statistics
+from cpu_form import convert
 
-import kvid.models
-from kvid.backend import keras
 from kvid_tflite import benchmark
 
 PRESETS = (
@@ -37,24 +34,14 @@ THRESHOLD = 0.99
 
 
 def measure(preset: str, num_classes: int, calibration_clips: int, num_clips: int) -> dict:
-    keras.utils.set_random_seed(0)
-    model = kvid.models.create(preset, num_classes=num_classes)
-    shape = model.input_shape[1:]
-    calibration = common.smooth_clips(shape, calibration_clips, seed=0)
-    test_clips = common.smooth_clips(shape, num_clips, seed=1)
-    with_batch_statistics(model, calibration)
     start = time.perf_counter()
-    content = benchmark.random_weights_tflite(model, clips=calibration)
-    runner = benchmark.TFLiteModel(content)
-    cosines = [
-        common.cosine(runner(clip), model(clip, training=False).numpy()) for clip in test_clips
-    ]
+    entry = convert(preset, {}, num_classes, calibration_clips, num_clips)
     return {
         "preset": preset,
-        "input": list(shape),
-        "cosine_mean": float(np.mean(cosines)),
-        "cosine_min": float(np.min(cosines)),
-        "asymmetric_batch_matmuls": len(benchmark.asymmetric_batch_matmuls(content)),
+        "input": entry["input"],
+        "cosine_mean": entry["cosine_mean"],
+        "cosine_min": entry["cosine_min"],
+        "asymmetric_batch_matmuls": len(benchmark.asymmetric_batch_matmuls(entry["content"])),
         "seconds": time.perf_counter() - start,
     }
 
