@@ -120,13 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_clips", type=int, default=4, help="Clips the cosine is taken over.")
     parser.add_argument("--name", default="benchmarks/results/cpu_form")
     args = parser.parse_args(argv)
-    only = args.only
-    unknown = sorted(set(only) - {v[0] for v in VARIANTS})
+    unknown = sorted(set(args.only) - {v[0] for v in VARIANTS})
     if unknown:
         parser.error(f"--only: unknown rows {unknown}")
     converted = {}
     for name, preset, overrides in VARIANTS:
-        if only and name not in only:
+        if args.only and name not in args.only:
             continue
         converted[name] = convert(
             preset, overrides, args.num_classes, args.calibration_clips, args.num_clips
